@@ -1,0 +1,8 @@
+"""attnseg: attention-driven image segmentation on one engine."""
+
+__version__ = "0.1.0"
+
+from .data.labels import LabelSpec  # noqa: E402
+from .models import create_model, list_models  # noqa: E402
+
+__all__ = ["LabelSpec", "create_model", "list_models", "__version__"]

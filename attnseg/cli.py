@@ -1,0 +1,263 @@
+"""The ``attnseg`` command: demo, train, eval, predict, models, data check.
+
+    attnseg demo [--out DIR] [--iters N]
+    attnseg train CONFIG [key=value ...]          (also: torchrun --nproc_per_node=N -m attnseg train CONFIG)
+    attnseg eval CHECKPOINT --data camvid:PATH [--split val] [--mode whole|slide] [--tta scales=0.75,1,1.25 flip=true]
+    attnseg predict CHECKPOINT IMAGE... --out DIR [--attention]
+    attnseg models
+    attnseg data check SPEC [--splits train,val]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def _pair(s: str) -> tuple[int, int]:
+    parts = [int(v) for v in s.replace("x", ",").split(",")]
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _parse_tta(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, _, val = item.partition("=")
+        if key == "scales":
+            out["scales"] = tuple(float(v) for v in val.split(","))
+        elif key == "flip":
+            out["flip"] = val.lower() in ("1", "true", "yes", "on")
+        else:
+            raise SystemExit(f"--tta takes scales=... and flip=true|false, not {item!r}")
+    return out
+
+
+def cmd_train(args) -> int:
+    from .engine.config import load_config
+    from .engine.trainer import train
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides  # only overrides were given
+    cfg = load_config(config, overrides)
+    print(f"run directory: {cfg.run_dir}", flush=True)
+    train(cfg, command="attnseg train " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    return 0
+
+
+def _inference_from(meta: dict, args):
+    from .engine.inference import InferenceConfig
+    saved = meta.get("inference", {})
+    cfg = InferenceConfig(mode=saved.get("mode", "whole"), crop=saved.get("crop"), stride=saved.get("stride"),
+                          scales=tuple(saved.get("scales", (1.0,))), flip=saved.get("flip", False),
+                          test_scale=saved.get("test_scale", 1.0))
+    if getattr(args, "mode", None):
+        cfg.mode = args.mode
+    if getattr(args, "crop", None):
+        cfg.crop = _pair(args.crop)
+    if getattr(args, "stride", None):
+        cfg.stride = _pair(args.stride)
+    if getattr(args, "test_scale", None):
+        cfg.test_scale = args.test_scale
+    tta = _parse_tta(getattr(args, "tta", None))
+    cfg.scales = tta.get("scales", cfg.scales)
+    cfg.flip = tta.get("flip", cfg.flip)
+    if cfg.mode == "slide" and cfg.crop is None:
+        raise SystemExit("--mode slide needs --crop H,W (the window, at the network's input scale)")
+    return cfg
+
+
+def cmd_eval(args) -> int:
+    from .data import build_dataset
+    from .data.transforms import Compose, Normalize
+    from .engine.checkpoint import load_model
+    from .engine.inference import evaluate
+    from .engine.precision import Precision, resolve_device
+    from .metrics.report import format_table, save_metrics
+    device = resolve_device(args.device)
+    prec = Precision.resolve(device, args.precision)
+    model, meta = load_model(args.checkpoint, device)
+    model = prec.model(model)
+    pre = meta.get("preprocessing", {})
+    ds = build_dataset(args.data, args.split, transform=Compose([Normalize(tuple(pre.get("mean", (0.485, 0.456, 0.406))),
+                                                                            tuple(pre.get("std", (0.229, 0.224, 0.225))))]))
+    if ds.spec.names != meta["classes"]["names"]:
+        raise SystemExit(f"the checkpoint's classes {meta['classes']['names']} differ from the dataset's {ds.spec.names}")
+    icfg = _inference_from(meta, args)
+    t = time.time()
+    metrics, cm = evaluate(model, ds, icfg, prec, args.max_images)
+    dt = time.time() - t
+    print(f"{args.data} [{args.split}], {len(ds) if args.max_images is None else args.max_images} images, "
+          f"inference {icfg.describe()}, {prec.name}, {dt:.1f} s")
+    print(format_table(metrics, ds.spec.names))
+    if args.out:
+        save_metrics(args.out, metrics, ds.spec.names, cm.mat.numpy(),
+                     extra={"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+                            "inference": icfg.describe(), "seconds": round(dt, 2)})
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    import torch
+
+    from .data import LabelSpec, read_image
+    from .data.transforms import Normalize
+    from .engine.checkpoint import load_model
+    from .engine.inference import infer
+    from .engine.precision import Precision, resolve_device
+    from .viz.overlay import overlay, save_label_png
+    device = resolve_device(args.device)
+    prec = Precision.resolve(device, args.precision)
+    model, meta = load_model(args.checkpoint, device)
+    model = prec.model(model)
+    spec = LabelSpec.from_dict(meta["classes"])
+    pre = meta.get("preprocessing", {})
+    norm = Normalize(tuple(pre.get("mean", (0.485, 0.456, 0.406))), tuple(pre.get("std", (0.229, 0.224, 0.225))))
+    icfg = _inference_from(meta, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+    for path in args.images:
+        image = read_image(path)
+        x, _ = norm(image, None, None)
+        t = time.time()
+        with torch.no_grad():
+            scores = infer(model, x[None].to(device), icfg, spec.num_classes, prec.autocast(), prec.channels_last)
+        ids = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        stem = Path(path).stem
+        save_label_png(out / f"{stem}_ids.png", ids, spec)
+        Image.fromarray(overlay(image, ids, spec)).save(out / f"{stem}_overlay.png")
+        print(f"{path}: {ids.shape[1]}x{ids.shape[0]}, {1000 * (time.time() - t):.0f} ms -> "
+              f"{out / (stem + '_ids.png')}, {out / (stem + '_overlay.png')}")
+        if args.attention:
+            with torch.no_grad():
+                att = model(prec.images(x[None].to(device)), return_attention=True).get("attention", {})
+            if not att:
+                print(f"  model {meta['model']} has no attention maps to show (FCN, DeconvNet and LargeFOV are "
+                      "attention-free baselines)")
+            from .viz.overlay import blend_heatmap
+            for name, a in att.items():
+                a = a[0].float()
+                while a.dim() > 2:
+                    a = a.mean(0)
+                a = torch.nn.functional.interpolate(a[None, None], size=image.shape[:2], mode="bilinear")[0, 0]
+                Image.fromarray(blend_heatmap(image, a.cpu().numpy(), 0.6)).save(out / f"{stem}_attn_{name}.png")
+    return 0
+
+
+def cmd_models(args) -> int:
+    import torch
+
+    from .models import MODELS, create_model
+    print(f"{'model':32s} {'parameters (K=' + str(args.num_classes) + ')':>22s}")
+    for name in sorted(MODELS):
+        with torch.device("meta"):
+            m = create_model(name, num_classes=args.num_classes)
+        print(f"{name:32s} {sum(p.numel() for p in m.parameters()) / 1e6:20.2f} M")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data.check import check_dataset
+    report = check_dataset(args.spec, tuple(args.splits.split(",")))
+    print(report.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+    return 1 if report.problems else 0
+
+
+def cmd_demo(args) -> int:
+    from .engine.config import TrainConfig
+    from .engine.trainer import train
+    out = Path(args.out)
+    cfg = TrainConfig(model="fcn8s_resnet18", data="synthetic:", run_dir=str(out), crop=(128, 160),
+                      scale_range=(0.75, 1.25), batch_size=8, iters=args.iters, lr=3e-3, weight_decay=0.01,
+                      warmup_iters=50, val_interval=max(args.iters // 4, 1), val_max_images=30, ckpt_interval=200,
+                      log_interval=20, workers=0, resume=not args.fresh, seed=args.seed)
+    t = time.time()
+    print(f"attnseg demo: FCN-8s ResNet-18 on synthetic scenes, {args.iters} steps on {cfg.device}; "
+          f"run directory {out}", flush=True)
+    metrics = train(cfg, command="attnseg demo " + " ".join(sys.argv[2:]))
+    print(f"\ndemo finished in {(time.time() - t) / 60:.1f} min: val mIoU {100 * metrics.get('mIoU', float('nan')):.2f}")
+    print(f"run directory: {out.resolve()}")
+    print(f"  per-class table: {out / 'metrics.txt'}\n  pictures:        {out / 'pictures'}\n"
+          f"  learning curve:  {out / 'learning_curve.png'}\n  checkpoint:      {out / 'checkpoints/model.safetensors'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnseg", description="attention-driven image segmentation")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="train and evaluate on synthetic scenes (a few CPU minutes)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--iters", type=int, default=600)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--fresh", action="store_true", help="ignore an earlier demo run in --out")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
+    t.add_argument("config", nargs="?", help="YAML file under configs/ (optional)")
+    t.add_argument("overrides", nargs="*", help="key=value, e.g. lr=0.01 iters=4000 run_dir=runs/x")
+    t.set_defaults(func=cmd_train)
+
+    def add_infer_args(q):
+        q.add_argument("--mode", choices=("whole", "slide"))
+        q.add_argument("--crop", help="slide window H,W")
+        q.add_argument("--stride", help="slide stride H,W (default 2/3 of the crop)")
+        q.add_argument("--test-scale", type=float, help="resize factor before inference (default: the checkpoint's)")
+        q.add_argument("--tta", nargs="*", help="scales=0.75,1,1.25 flip=true")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--precision", default="auto")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", required=True, help="dataset spec, e.g. camvid:../shared/data/camvid")
+    e.add_argument("--split", default="val")
+    e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion.csv")
+    e.add_argument("--max-images", type=int)
+    add_infer_args(e)
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="class-id PNGs and colour overlays for images")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--attention", action="store_true", help="also write the model's attention maps")
+    add_infer_args(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list models with parameter counts")
+    m.add_argument("--num-classes", type=int, default=21)
+    m.set_defaults(func=cmd_models)
+
+    da = sub.add_parser("data", help="dataset tools")
+    dsub = da.add_subparsers(dest="data_cmd", required=True)
+    c = dsub.add_parser("check", help="scan a dataset and report every problem and the class frequencies")
+    c.add_argument("spec", help="e.g. camvid:../shared/data/camvid or folder:/path")
+    c.add_argument("--splits", default="train,val")
+    c.add_argument("--json", help="also write the report as JSON")
+    c.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.io import DataError
+    try:
+        return args.func(args) or 0
+    except (DataError, FileNotFoundError, KeyError, ValueError) as e:
+        if "ATTNSEG_DEBUG" in __import__("os").environ:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"attnseg: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training loop, checkpoints, inference modes and distributed set-up. Imports data, metrics and models."""

@@ -1,0 +1,141 @@
+"""Inference modes shared by validation during training, ``attnseg eval`` and ``attnseg predict``.
+
+- whole: the image (optionally resized by ``test_scale``) in one forward pass;
+- slide: windows of ``crop`` every ``stride`` (default 2/3 of the crop), batched, logits of overlapping
+  windows averaged (mmsegmentation's ``slide`` mode); images smaller than the crop are padded;
+- multi-scale + flip: the mode above at each of ``scales`` x ``test_scale`` and, with ``flip``, on the mirrored
+  image; softmax probabilities averaged at the original resolution.
+
+The result is always (B, K, H, W) at the input's resolution: the metric is computed against full-resolution labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..metrics import ConfusionMatrix
+
+
+@dataclass
+class InferenceConfig:
+    mode: str = "whole"               # whole | slide
+    crop: tuple | None = None         # slide window (H, W) at the network's input scale
+    stride: tuple | None = None       # slide step; default 2/3 of crop
+    scales: tuple = (1.0,)            # multiplied by test_scale
+    flip: bool = False
+    test_scale: float = 1.0
+    window_batch: int = 4
+
+    def describe(self) -> str:
+        s = self.mode
+        if self.mode == "slide":
+            s += f"(crop={tuple(self.crop)}, stride={tuple(self.stride or self.default_stride())})"
+        if self.test_scale != 1.0:
+            s += f", test_scale={self.test_scale:g}"
+        if tuple(self.scales) != (1.0,) or self.flip:
+            s += f", scales={list(self.scales)}" + (", flip" if self.flip else "")
+        return s
+
+    def default_stride(self):
+        return tuple(max(1, (2 * c) // 3) for c in self.crop)
+
+
+def _forward(model, x, autocast):
+    with autocast:
+        return model(x)["logits"].float()
+
+
+def slide_logits(model, x: torch.Tensor, crop, stride, num_classes: int, autocast, window_batch: int = 4):
+    """(B, 3, H, W) -> (B, K, H, W) by overlapping windows (logits averaged where windows overlap)."""
+    B, _, H, W = x.shape
+    ch, cw = crop
+    sh, sw = stride
+    ph, pw = max(ch - H, 0), max(cw - W, 0)
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    Hp, Wp = x.shape[-2:]
+    ys = list(range(0, max(Hp - ch, 0) + 1, sh))
+    xs = list(range(0, max(Wp - cw, 0) + 1, sw))
+    if ys[-1] + ch < Hp:
+        ys.append(Hp - ch)
+    if xs[-1] + cw < Wp:
+        xs.append(Wp - cw)
+    boxes = [(y, x0) for y in ys for x0 in xs]
+    out = torch.zeros(B, num_classes, Hp, Wp, device=x.device)
+    count = torch.zeros(1, 1, Hp, Wp, device=x.device)
+    for i in range(0, len(boxes), window_batch):
+        chunk = boxes[i:i + window_batch]
+        windows = torch.cat([x[..., y:y + ch, x0:x0 + cw] for y, x0 in chunk])   # (n*B, 3, ch, cw)
+        logits = _forward(model, windows, autocast).view(len(chunk), B, num_classes, ch, cw)
+        for (y, x0), lg in zip(chunk, logits):
+            out[..., y:y + ch, x0:x0 + cw] += lg
+            count[..., y:y + ch, x0:x0 + cw] += 1
+    return (out / count)[..., :H, :W]
+
+
+@torch.no_grad()
+def infer(model, images: torch.Tensor, cfg: InferenceConfig, num_classes: int, autocast=None,
+          channels_last: bool = False) -> torch.Tensor:
+    """(B, 3, H, W) normalised images -> (B, K, H, W) scores at input resolution (probabilities when several
+    scales/flips are averaged, logits otherwise)."""
+    autocast = autocast or contextlib.nullcontext()
+    H, W = images.shape[-2:]
+    views = [(s * cfg.test_scale, f) for s in cfg.scales for f in ((False, True) if cfg.flip else (False,))]
+    total = None
+    for scale, flip in views:
+        x = images.flip(-1) if flip else images
+        if scale != 1.0:
+            size = (max(1, round(H * scale)), max(1, round(W * scale)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if cfg.mode == "whole":
+            logits = _forward(model, x, autocast)
+        elif cfg.mode == "slide":
+            if cfg.crop is None:
+                raise ValueError("slide inference needs a crop size (eval_crop / --crop)")
+            logits = slide_logits(model, x, cfg.crop, cfg.stride or cfg.default_stride(), num_classes, autocast,
+                                  cfg.window_batch)
+        else:
+            raise ValueError(f"inference mode {cfg.mode!r} unknown; choose whole or slide")
+        if logits.shape[-2:] != (H, W):
+            logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+        if flip:
+            logits = logits.flip(-1)
+        if len(views) == 1:
+            return logits
+        probs = logits.softmax(1)
+        total = probs if total is None else total + probs
+    return total / len(views)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: InferenceConfig, precision=None, max_images: int | None = None,
+             rank: int = 0, world_size: int = 1, progress=None) -> tuple[dict, ConfusionMatrix]:
+    """Runs ``infer`` over ``dataset`` (one image at a time, any size) and returns (metrics, confusion matrix).
+    With several processes each rank takes every world_size-th image and the matrices are summed."""
+    spec = dataset.spec
+    device = precision.device if precision else torch.device("cpu")
+    cm = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    was_training = model.training
+    model.eval()
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    indices = range(rank, n, world_size)
+    for i in indices:
+        item = dataset[i]
+        x = item["image"][None].to(device)
+        scores = infer(model, x, cfg, spec.num_classes, precision.autocast() if precision else None,
+                       precision.channels_last if precision else False)
+        cm.update(scores.argmax(1)[0].cpu(), item["label"])
+        if progress is not None:
+            progress(1)
+    if world_size > 1 and torch.distributed.is_initialized():
+        mat = cm.mat.to(device)
+        torch.distributed.all_reduce(mat)
+        cm.mat = mat.cpu()
+    model.train(was_training)
+    return cm.compute(), cm

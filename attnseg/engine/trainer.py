@@ -1,0 +1,378 @@
+"""The training loop: one process or many (torchrun), resumable, evaluated through ``engine.inference``.
+
+Reproducibility: the data order of epoch e is a permutation drawn from (seed, e); the augmentation of sample i in
+epoch e is drawn from (seed, e, i) (``data.sample_seed``); dropout draws from the torch RNG, saved in the
+checkpoint. A run resumed from ``last.pt`` therefore continues on exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import build_dataset
+from ..data.transforms import eval_transforms, train_transforms
+from ..losses import class_pixel_stats, median_frequency_weights, segmentation_loss
+from ..models import create_model
+from . import checkpoint as ckpt_io
+from .config import TrainConfig, config_to_dict, save_config
+from .distributed import all_reduce_mean, barrier, cleanup, init_distributed, wrap_model
+from .inference import InferenceConfig, evaluate
+from .precision import Precision, resolve_device
+
+log = logging.getLogger("attnseg")
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Yields this rank's share of each global batch of epoch ``epoch``, starting at global batch ``start``.
+
+    Global batch b = perm[b*G:(b+1)*G] with G = batch_size * world; rank r takes its r-th slice of batch_size.
+    A 1-process run with batch_size G therefore sees the same global batches as N processes of G/N each.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.n, self.bs, self.rank, self.world, self.start = n, batch_size, rank, world, start
+        g = torch.Generator().manual_seed(seed * 100003 + epoch)
+        self.perm = torch.randperm(n, generator=g).tolist()
+        self.global_bs = batch_size * world
+        if n < self.global_bs:
+            raise ValueError(f"the training set has {n} images, fewer than one global batch of {self.global_bs}; "
+                             "lower batch_size")
+
+    def __len__(self):
+        return self.n // self.global_bs - self.start
+
+    def __iter__(self):
+        for b in range(self.start, self.n // self.global_bs):
+            g = self.perm[b * self.global_bs:(b + 1) * self.global_bs]
+            yield g[self.rank * self.bs:(self.rank + 1) * self.bs]
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup from warmup_ratio*lr over warmup_iters steps, then poly decay by ``progress`` in [0, 1]."""
+    lr = (cfg.lr - cfg.min_lr) * max(0.0, 1.0 - progress) ** cfg.poly_power + cfg.min_lr
+    if step < cfg.warmup_iters:
+        lr *= cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_iters
+    return lr
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """No weight decay on biases and normalisation parameters (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"optimizer {cfg.optimizer!r} unknown; choose adamw or sgd")
+
+
+def inference_config(cfg: TrainConfig) -> InferenceConfig:
+    test_scale = cfg.test_scale if cfg.test_scale is not None else cfg.base_scale
+    crop = cfg.eval_crop or (cfg.crop if cfg.eval_mode == "slide" else None)
+    return InferenceConfig(mode=cfg.eval_mode, crop=crop, stride=cfg.eval_stride, scales=tuple(cfg.eval_scales),
+                           flip=cfg.eval_flip, test_scale=test_scale)
+
+
+def git_hash() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class JsonLog:
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, record: dict):
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def class_weights_for(cfg: TrainConfig, dataset, run_dir: Path) -> np.ndarray | None:
+    if cfg.class_weights is None:
+        return None
+    K = dataset.spec.num_classes
+    if isinstance(cfg.class_weights, (list, tuple)):
+        if len(cfg.class_weights) != K:
+            raise ValueError(f"class_weights has {len(cfg.class_weights)} values but the dataset has {K} classes")
+        return np.asarray(cfg.class_weights, np.float64)
+    if cfg.class_weights != "median_freq":
+        raise ValueError(f"class_weights {cfg.class_weights!r} unknown; use median_freq or a list of {K} floats")
+    counts, pix = class_pixel_stats((dataset.load(i)[1] for i in range(len(dataset))), K, dataset.spec.ignore_index)
+    w = median_frequency_weights(counts, pix)
+    (run_dir / "class_weights.json").write_text(json.dumps(dict(zip(dataset.spec.names, w.round(4).tolist()))))
+    return w
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, command: str | None = None):
+        self.cfg = cfg
+        self.command = command or " ".join(sys.argv)
+        device = resolve_device(cfg.device)
+        self.rank, self.local_rank, self.world, device = init_distributed(device)
+        self.main = self.rank == 0
+        self.prec = Precision.resolve(device, cfg.precision, cfg.channels_last)
+        self.run_dir = Path(cfg.run_dir)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.manual_seed(cfg.seed)
+        self.train_set = build_dataset(cfg.data, cfg.train_split, transform=train_transforms(
+            cfg.crop, cfg.scale_range, cfg.base_scale, 255, cfg.flip, cfg.jitter, cfg.cat_max_ratio),
+            cache=cfg.cache, seed=cfg.seed)
+        self.spec = self.train_set.spec
+        self.train_set.transform.transforms[1].ignore_index = self.spec.ignore_index
+        self.val_set = build_dataset(cfg.val_data or cfg.data, cfg.val_split, transform=eval_transforms(),
+                                     cache=cfg.cache, seed=cfg.seed)
+        if self.val_set.spec.names != self.spec.names:
+            raise ValueError(f"train and val datasets have different classes: {self.spec.names} vs "
+                             f"{self.val_set.spec.names}")
+        if cfg.cache:  # decode (and check) every training sample once, before workers fork
+            for i in range(len(self.train_set)):
+                self.train_set.load(i)
+        self.model = create_model(cfg.model, num_classes=self.spec.num_classes, **cfg.model_kwargs)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.class_weights = class_weights_for(cfg, self.train_set, self.run_dir)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.infer_cfg = inference_config(cfg)
+        self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
+        self.best = -1.0
+        self.last_metrics = None
+        self.log = JsonLog(self.run_dir / "log.jsonl" if self.main else None)
+        self._maybe_resume()
+        self.model = self.prec.model(self.model)
+        self.ddp_model = wrap_model(self.model, self.prec.device, self.world)
+        if self.main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.tb = None
+        if cfg.tensorboard and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:
+                log.warning("tensorboard is not installed (pip install attnseg[tensorboard]); logging to log.jsonl only")
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {
+            "model": self.cfg.model, "model_kwargs": self.cfg.model_kwargs, "classes": self.spec.to_dict(),
+            "preprocessing": {"mean": list(self.train_set.transform.transforms[-1].mean),
+                              "std": list(self.train_set.transform.transforms[-1].std),
+                              "base_scale": self.cfg.base_scale, "test_scale": self.infer_cfg.test_scale},
+            "inference": {"mode": self.infer_cfg.mode, "crop": self.infer_cfg.crop, "stride": self.infer_cfg.stride,
+                          "scales": list(self.infer_cfg.scales), "flip": self.infer_cfg.flip,
+                          "test_scale": self.infer_cfg.test_scale},
+            "config": config_to_dict(self.cfg), "num_params": self.num_params, "command": self.command,
+            "step": self.step, "elapsed_s": round(self.elapsed, 1), "metrics": self.last_metrics,
+            "precision": self.prec.name, "world_size": self.world, "git": git_hash(),
+            "versions": {"attnseg": __import__("attnseg").__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+        }
+
+    def _maybe_resume(self):
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if not (self.cfg.resume and path.is_file()):
+            return
+        state = ckpt_io.load_training_state(path)
+        if state["meta"].get("model") != self.cfg.model:
+            raise ValueError(f"{path} holds a {state['meta'].get('model')} run but the config asks for "
+                             f"{self.cfg.model}; use another run_dir or resume=false")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch, self.elapsed = int(state["batch_in_epoch"]), float(state["elapsed"])
+        self.best = float(state.get("best", -1.0))
+        self.last_metrics = state["meta"].get("metrics")
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if self.main:
+            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})",
+                  flush=True)
+
+    def save(self):
+        if not self.main:
+            return
+        state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                 "elapsed": self.elapsed, "best": self.best}
+        ckpt_io.save_training_state(self.run_dir / "checkpoints" / "last.pt", self.model, self.optimizer, state,
+                                    self.meta())
+
+    # -- loop --------------------------------------------------------------------------------------------------
+    def done(self) -> bool:
+        if self.cfg.time_budget is not None:
+            return self.elapsed >= self.cfg.time_budget * 60
+        return self.step >= self.cfg.iters
+
+    def progress(self) -> float:
+        if self.cfg.time_budget is not None:
+            return min(1.0, self.elapsed / (self.cfg.time_budget * 60))
+        return min(1.0, self.step / self.cfg.iters)
+
+    def loader(self):
+        self.train_set.set_epoch(self.epoch)
+        sampler = EpochBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed, self.epoch, self.rank,
+                                    self.world, self.batch_in_epoch)
+        # the loader's own generator: creating it must not draw from the global RNG that dropout uses
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.epoch)
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.workers,
+                                           generator=gen,
+                                           pin_memory=self.prec.device.type == "cuda",
+                                           prefetch_factor=4 if self.cfg.workers else None)
+
+    def train_step(self, batch) -> tuple[float, dict]:
+        cfg = self.cfg
+        lr = lr_at(cfg, self.step, self.progress())
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x = self.prec.images(batch["image"])
+        y = batch["label"].to(self.prec.device, non_blocking=True)
+        with self.prec.autocast():
+            out = self.ddp_model(x)
+        loss, parts = segmentation_loss(out, y, self.spec.ignore_index, self.class_weights, cfg.aux_weight,
+                                        cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}; the last good state is in "
+                                     f"{self.run_dir}/checkpoints/last.pt. Lower lr (now {lr:.2e}) or set "
+                                     "precision=fp32")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        return lr, {"loss": loss.detach(), **parts}
+
+    def validate(self, final: bool = False) -> dict:
+        limit = None if final else self.cfg.val_max_images
+        t = time.time()
+        metrics, cm = evaluate(self.model, self.val_set, self.infer_cfg, self.prec, limit, self.rank, self.world)
+        metrics["eval_s"] = round(time.time() - t, 1)
+        if self.main:
+            rec = {"kind": "val", "step": self.step, "epoch": self.epoch, "elapsed": round(self.elapsed, 1),
+                   "mode": self.infer_cfg.describe(), "images": min(len(self.val_set), limit or 10**9),
+                   **{k: metrics[k] for k in ("aAcc", "mIoU", "mAcc")}, "IoU": metrics["IoU"]}
+            self.log.write(rec)
+            if self.tb:
+                self.tb.add_scalar("val/mIoU", metrics["mIoU"], self.step)
+            print(f"[val] step {self.step} {self.elapsed / 60:.1f} min: mIoU {100 * metrics['mIoU']:.2f} "
+                  f"aAcc {100 * metrics['aAcc']:.2f} mAcc {100 * metrics['mAcc']:.2f} ({rec['images']} images, "
+                  f"{rec['mode']}, {metrics['eval_s']} s)", flush=True)
+        self.last_metrics = {k: metrics[k] for k in ("aAcc", "mIoU", "mAcc", "IoU", "Acc")}
+        if self.main and metrics["mIoU"] > self.best:
+            self.best = metrics["mIoU"]
+            ckpt_io.save_weights(self.run_dir / "checkpoints" / "best.safetensors", self.model, self.meta())
+        return metrics, cm
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        bar = None
+        if self.main and cfg.progress:
+            from tqdm import tqdm
+            total = cfg.iters if cfg.time_budget is None else int(cfg.time_budget * 60)
+            bar = tqdm(total=total, initial=self.step if cfg.time_budget is None else int(self.elapsed),
+                       unit="it" if cfg.time_budget is None else "s", dynamic_ncols=True,
+                       mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
+        stop = {"flag": False}
+        old_handler = None
+        if self.main and threading_is_main():
+            old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+        window_t, window_n = time.time(), 0
+        try:
+            while not self.done() and not stop["flag"]:
+                t_epoch = time.time()
+                for batch in self.loader():
+                    t0 = time.time()
+                    lr, parts = self.train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    dt = time.time() - t0
+                    self.elapsed += dt
+                    window_n += batch["image"].shape[0] * self.world
+                    if self.step % cfg.log_interval == 0 or self.step == 1:
+                        now = time.time()
+                        img_s = window_n / max(now - window_t, 1e-9)
+                        window_t, window_n = now, 0
+                        names = list(parts)
+                        values = all_reduce_mean(torch.stack([parts[k].float() for k in names]).cpu())
+                        rec = {"kind": "train", "step": self.step, "epoch": self.epoch, "lr": lr,
+                               "elapsed": round(self.elapsed, 2), "img_s": round(img_s, 2),
+                               **{k: round(float(v), 6) for k, v in zip(names, values)}}
+                        self.log.write(rec)
+                        if self.tb:
+                            self.tb.add_scalar("train/loss", rec["loss"], self.step)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.1e}", img_s=f"{img_s:.1f}")
+                    if bar is not None:
+                        bar.update(1 if cfg.time_budget is None else int(self.elapsed) - bar.n)
+                    if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0:
+                        self.save()
+                    if cfg.val_interval and self.step % cfg.val_interval == 0 and not self.done():
+                        self.validate()
+                    if self.done() or stop["flag"]:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    continue
+                # left the epoch early: the loop ends (budget reached or stop requested)
+                break
+        except (KeyboardInterrupt, Exception):
+            # keep the work done so far: the state after the last completed step is consistent
+            self.save()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+        self.save()
+        if stop["flag"]:
+            print(f"stopped by SIGTERM at step {self.step}; resume with the same command", flush=True)
+            return {}
+        metrics, cm = self.validate(final=True)
+        if self.main:
+            self.save()
+            ckpt_io.save_weights(self.run_dir / "checkpoints" / "model.safetensors", self.model, self.meta())
+            self.write_report(metrics, cm)
+        barrier()
+        if self.tb:
+            self.tb.close()
+        return metrics
+
+    def write_report(self, metrics: dict, cm) -> None:
+        from .report import write_run_report
+        write_run_report(self.run_dir, self.model, self.val_set, self.spec, metrics, cm, self.infer_cfg, self.prec,
+                         extra={"step": self.step, "elapsed_s": round(self.elapsed, 1), "precision": self.prec.name,
+                                "inference": self.infer_cfg.describe(), "num_params": self.num_params})
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(cfg: TrainConfig, command: str | None = None) -> dict:
+    trainer = Trainer(cfg, command)
+    try:
+        return trainer.fit()
+    finally:
+        cleanup()

@@ -1,0 +1,27 @@
+"""Metrics. Knows nothing of models or the engine."""
+
+from .boundary import (
+    BoundaryConfusion,
+    BoundaryFScore,
+    boundary_band,
+    boundary_fscore,
+    boundary_mask,
+    fscore_from_counts,
+)
+from .report import format_table, render_table, save_metrics
+from .segmentation import ConfusionMatrix, confusion_counts, metrics_from_confusion
+
+__all__ = [
+    "BoundaryConfusion",
+    "BoundaryFScore",
+    "ConfusionMatrix",
+    "boundary_band",
+    "boundary_fscore",
+    "boundary_mask",
+    "confusion_counts",
+    "format_table",
+    "fscore_from_counts",
+    "metrics_from_confusion",
+    "render_table",
+    "save_metrics",
+]

@@ -1,0 +1,43 @@
+"""Models: one file per method; a plain dict registry and ``create_model``.
+
+Every builder takes ``num_classes`` and keyword options and returns a ``SegmentationModel``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .base import SegmentationModel
+from .deconvnet import deconvnet_vgg16
+from .deeplab_largefov import deeplab_largefov_vgg16
+from .fcn import fcn_resnet, fcn_vgg16
+
+MODELS = {
+    "fcn32s_resnet18": partial(fcn_resnet, variant="32s", depth=18),
+    "fcn16s_resnet18": partial(fcn_resnet, variant="16s", depth=18),
+    "fcn8s_resnet18": partial(fcn_resnet, variant="8s", depth=18),
+    "fcn8s_resnet34": partial(fcn_resnet, variant="8s", depth=34),
+    "fcn8s_resnet50": partial(fcn_resnet, variant="8s", depth=50),
+    "fcn32s_vgg16": partial(fcn_vgg16, variant="32s"),
+    "fcn16s_vgg16": partial(fcn_vgg16, variant="16s"),
+    "fcn8s_vgg16": partial(fcn_vgg16, variant="8s"),
+    "deconvnet_vgg16": deconvnet_vgg16,
+    "deconvnet_vgg16_w025": partial(deconvnet_vgg16, width=0.25),
+    "deeplab_largefov_vgg16": deeplab_largefov_vgg16,
+    "deeplab_largefov_vgg16_w05": partial(deeplab_largefov_vgg16, width=0.5),
+}
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> SegmentationModel:
+    """Build a registered model. Unknown names fail with the list of valid ones; ``None`` kwargs are dropped."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+__all__ = ["MODELS", "create_model", "list_models", "SegmentationModel"]

@@ -1,0 +1,1 @@
+"""Building blocks: backbones and operators. Knows nothing of the engine."""

@@ -1,0 +1,11 @@
+"""Pictures: label overlays, side-by-side panels, legends, palette PNGs, heat maps and learning curves.
+
+matplotlib is imported only when a function needs it (``plot_learning_curve``, ``heatmap``); without it,
+``heatmap`` falls back to a built-in viridis.
+"""
+
+from .curves import plot_learning_curve, read_log
+from .overlay import blend_heatmap, colormap_table, error_map, heatmap, legend, overlay, save_label_png, side_by_side
+
+__all__ = ["overlay", "side_by_side", "error_map", "legend", "save_label_png", "heatmap", "blend_heatmap",
+           "colormap_table", "plot_learning_curve", "read_log"]
