@@ -70,9 +70,16 @@ def _inference_from(meta: dict, args):
     return cfg
 
 
+def _normalize_from(meta: dict):
+    """The normalisation the checkpoint was trained with."""
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
+    pre = meta.get("preprocessing", {})
+    return Normalize(tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD)))
+
+
 def cmd_eval(args) -> int:
     from .data import build_dataset
-    from .data.transforms import Compose, Normalize
+    from .data.transforms import Compose
     from .engine.checkpoint import load_model
     from .engine.inference import evaluate
     from .engine.precision import Precision, resolve_device
@@ -81,11 +88,10 @@ def cmd_eval(args) -> int:
     prec = Precision.resolve(device, args.precision)
     model, meta = load_model(args.checkpoint, device)
     model = prec.model(model)
-    pre = meta.get("preprocessing", {})
-    ds = build_dataset(args.data, args.split, transform=Compose([Normalize(tuple(pre.get("mean", (0.485, 0.456, 0.406))),
-                                                                            tuple(pre.get("std", (0.229, 0.224, 0.225))))]))
+    ds = build_dataset(args.data, args.split, transform=Compose([_normalize_from(meta)]))
     if ds.spec.names != meta["classes"]["names"]:
-        raise SystemExit(f"the checkpoint's classes {meta['classes']['names']} differ from the dataset's {ds.spec.names}")
+        raise ValueError(f"the checkpoint's classes {meta['classes']['names']} differ from the dataset's "
+                         f"{ds.spec.names}")
     icfg = _inference_from(meta, args)
     t = time.time()
     metrics, cm = evaluate(model, ds, icfg, prec, args.max_images)
@@ -106,7 +112,6 @@ def cmd_predict(args) -> int:
     import torch
 
     from .data import LabelSpec, read_image
-    from .data.transforms import Normalize
     from .engine.checkpoint import load_model
     from .engine.inference import infer
     from .engine.precision import Precision, resolve_device
@@ -116,8 +121,7 @@ def cmd_predict(args) -> int:
     model, meta = load_model(args.checkpoint, device)
     model = prec.model(model)
     spec = LabelSpec.from_dict(meta["classes"])
-    pre = meta.get("preprocessing", {})
-    norm = Normalize(tuple(pre.get("mean", (0.485, 0.456, 0.406))), tuple(pre.get("std", (0.229, 0.224, 0.225))))
+    norm = _normalize_from(meta)
     icfg = _inference_from(meta, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,10 +187,12 @@ def cmd_demo(args) -> int:
     print(f"attnseg demo: FCN-8s ResNet-18 on synthetic scenes, {args.iters} steps on {cfg.device}; "
           f"run directory {out}", flush=True)
     metrics = train(cfg, command="attnseg demo " + " ".join(sys.argv[2:]))
-    print(f"\ndemo finished in {(time.time() - t) / 60:.1f} min: val mIoU {100 * metrics.get('mIoU', float('nan')):.2f}")
+    miou = 100 * metrics.get("mIoU", float("nan"))
+    print(f"\ndemo finished in {(time.time() - t) / 60:.1f} min: val mIoU {miou:.2f}")
     print(f"run directory: {out.resolve()}")
     print(f"  per-class table: {out / 'metrics.txt'}\n  pictures:        {out / 'pictures'}\n"
-          f"  learning curve:  {out / 'learning_curve.png'}\n  checkpoint:      {out / 'checkpoints/model.safetensors'}")
+          f"  learning curve:  {out / 'learning_curve.png'}\n"
+          f"  checkpoint:      {out / 'checkpoints/model.safetensors'}")
     return 0
 
 

@@ -139,8 +139,8 @@ def test_nan_loss_stops_with_message_and_keeps_state(tmp_path):
 
 
 def test_bad_label_in_training_names_the_file(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     root = tmp_path / "cv"
     for split in ("train", "val"):
         (root / split).mkdir(parents=True)

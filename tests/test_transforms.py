@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from attnseg.data.transforms import (Compose, Normalize, PhotometricJitter, RandomCrop, RandomFlip, RandomScale,
-                                     Resize, resize_label, train_transforms)
+from attnseg.data.transforms import (
+    Compose,
+    Normalize,
+    PhotometricJitter,
+    RandomCrop,
+    RandomFlip,
+    RandomScale,
+    Resize,
+    resize_label,
+    train_transforms,
+)
 
 
 def gen(seed=0):

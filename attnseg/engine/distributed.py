@@ -28,15 +28,17 @@ def init_distributed(device: torch.device) -> tuple[int, int, int, torch.device]
 def wrap_model(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
     if world <= 1:
         return model
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    from ..nn.sync_batchnorm import convert_batchnorm
+    model = convert_batchnorm(model, cuda=device.type == "cuda")
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
 
 
 def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """SyncBatchNorm -> BatchNorm2d (weights kept), so saved models run on a single CPU."""
+    """SyncBatchNorm / DistributedBatchNorm2d -> BatchNorm2d (weights kept), so saved models run on one CPU."""
+    from ..nn.sync_batchnorm import DistributedBatchNorm2d
     out = module
-    if isinstance(module, torch.nn.SyncBatchNorm):
+    if isinstance(module, (torch.nn.SyncBatchNorm, DistributedBatchNorm2d)):
         out = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
                                    module.track_running_stats)
         out.load_state_dict(module.state_dict())

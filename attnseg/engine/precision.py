@@ -37,7 +37,7 @@ class Precision:
     channels_last: bool
 
     @classmethod
-    def resolve(cls, device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> "Precision":
+    def resolve(cls, device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> Precision:
         if precision == "auto":
             if device.type == "cuda":
                 dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import signal
@@ -169,7 +168,8 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(self.run_dir / "tb"))
             except ImportError:
-                log.warning("tensorboard is not installed (pip install attnseg[tensorboard]); logging to log.jsonl only")
+                log.warning("tensorboard is not installed (pip install attnseg[tensorboard]); "
+                            "logging to log.jsonl only")
 
     # -- state -------------------------------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -296,9 +296,16 @@ class Trainer:
         if self.main and threading_is_main():
             old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
         window_t, window_n = time.time(), 0
+        self.log.write({"kind": "start", "step": self.step, "seed": cfg.seed, "deterministic": cfg.deterministic,
+                        "precision": self.prec.name, "device": str(self.prec.device), "world_size": self.world,
+                        "train_images": len(self.train_set), "val_images": len(self.val_set),
+                        "num_params": self.num_params, "torch": torch.__version__, "git": git_hash(),
+                        "threads": torch.get_num_threads(), "command": self.command})
+        if self.main:
+            print(f"{cfg.model}: {self.num_params / 1e6:.2f}M parameters, {len(self.train_set)} training images, "
+                  f"{self.prec.name} on {self.prec.device}, seed {cfg.seed}, world size {self.world}", flush=True)
         try:
             while not self.done() and not stop["flag"]:
-                t_epoch = time.time()
                 for batch in self.loader():
                     t0 = time.time()
                     lr, parts = self.train_step(batch)

@@ -1,0 +1,49 @@
+"""torchrun with 2 CPU processes (gloo) follows the same loss trajectory as 1 process over the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from attnseg.nn.sync_batchnorm import DistributedBatchNorm2d, convert_batchnorm
+
+ARGS = ["model=fcn8s_resnet18", "data=synthetic:train=8,val=2,size=32x48", "crop=[32,48]", "scale_range=[1.0,1.5]",
+        "iters=4", "warmup_iters=1", "val_interval=0", "ckpt_interval=0", "log_interval=1", "workers=0",
+        "progress=false", "deterministic=true", "model_kwargs.dropout=0.0"]
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f) if r["kind"] == "train"]
+
+
+def run(cmd, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+
+def test_two_processes_match_one(tmp_path):
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "attnseg",
+         "train", *ARGS, f"run_dir={tmp_path / 'two'}", "batch_size=2"], tmp_path)
+    run([sys.executable, "-m", "attnseg", "train", *ARGS, f"run_dir={tmp_path / 'one'}", "batch_size=4"], tmp_path)
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(one) == len(two) == 4
+    assert two == pytest.approx(one, rel=1e-4)
+
+
+def test_convert_batchnorm_shares_parameters_and_is_bn_alone():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    ref.load_state_dict(m.state_dict())
+    bn_weight = m[1].weight
+    conv = convert_batchnorm(m, cuda=False)
+    assert isinstance(conv[1], DistributedBatchNorm2d) and conv[1].weight is bn_weight
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(conv(x), ref(x), atol=1e-6)  # no process group: plain batch norm
+    assert torch.allclose(conv[1].running_mean, ref[1].running_mean)
