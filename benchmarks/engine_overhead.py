@@ -9,6 +9,7 @@ Prints one JSON object. The target is engine/bare >= 0.9, and loader images/s we
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -95,11 +96,12 @@ def main():
     p.add_argument("--tmp", default="/tmp/attnseg_bench_engine")
     args = p.parse_args()
     tmp = Path(args.tmp)
-    bare1, loader = bare_rate(args, tmp / "bare")
-    engine = engine_rate(args, tmp / "engine")
-    bare2, _ = bare_rate(args, tmp / "bare2")
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout carries only the JSON
+        bare1, loader = bare_rate(args, tmp / "bare")
+        engine = engine_rate(args, tmp / "engine")
+        bare2, _ = bare_rate(args, tmp / "bare2")
+        tr = make_trainer(args, tmp / "probe", 1)
     bare = (bare1 + bare2) / 2
-    tr = make_trainer(args, tmp / "probe", 1)
     print(json.dumps({
         "benchmark": "engine_overhead", "model": "fcn8s_resnet18", "input": [360, 480], "batch": args.batch,
         "steps": args.steps, "precision": tr.prec.name, "workers": args.workers, "data": args.data,

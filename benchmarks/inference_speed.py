@@ -38,6 +38,8 @@ def rate(model, prec: Precision, x: torch.Tensor, repeats: int) -> float:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--bf16-repeats", type=int, default=None,
+                   help="repeats for bf16 (default: --repeats, or 1 where bf16 is emulated)")
     p.add_argument("--models", default=",".join(sorted(MODELS)))
     p.add_argument("--num-classes", type=int, default=11)
     p.add_argument("--precisions", default="fp32,bf16")
@@ -53,7 +55,10 @@ def main():
         for precision in args.precisions.split(","):
             prec = Precision.resolve(dev, precision, channels_last=True)
             m = prec.model(model)
-            row[f"{precision}_img_s"] = round(rate(m, prec, x, args.repeats), 3)
+            repeats = args.repeats
+            if precision == "bf16":
+                repeats = args.bf16_repeats or (args.repeats if cpu_has_native_bf16() else 1)
+            row[f"{precision}_img_s"] = round(rate(m, prec, x, repeats), 3)
         results[name] = row
         print(name, row, file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "inference_speed", "input": [360, 480], "batch": 1, "mode": "whole",

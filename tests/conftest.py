@@ -20,3 +20,17 @@ def camvid_root():
 
 def python_exe() -> str:
     return sys.executable
+
+
+def write_camvid(root: Path, n: int, size=(8, 8), label_fn=None, splits=("train", "val")) -> Path:
+    """A CamVid tree in the SegNet layout; ``label_fn(split, i) -> (H, W) uint8`` (default zeros)."""
+    import numpy as np
+    from PIL import Image
+    for split in splits:
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            Image.fromarray(np.zeros((*size, 3), np.uint8)).save(root / split / f"s{i}.png")
+            label = np.zeros(size, np.uint8) if label_fn is None else label_fn(split, i)
+            Image.fromarray(label).save(root / f"{split}annot" / f"s{i}.png")
+    return root

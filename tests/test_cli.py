@@ -9,6 +9,8 @@ from PIL import Image
 from attnseg.cli import main
 from attnseg.data import build_dataset, read_label
 
+from .conftest import write_camvid
+
 DATA = "synthetic:train=8,val=3,size=32x48"
 TRAIN = ["train", "model=fcn8s_resnet18", f"data={DATA}", "crop=[32,48]", "batch_size=4", "iters=2", "warmup_iters=1",
          "val_interval=0", "log_interval=1", "workers=0", "progress=false"]
@@ -62,17 +64,11 @@ def test_models_lists_registry(capsys):
 
 
 def test_data_check_reports_problems(tmp_path, capsys):
-    root = tmp_path / "cv"
-    for split in ("train", "val"):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(2):
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / f"a{i}.png")
-            Image.fromarray(np.full((8, 8), 3 if i else 40, np.uint8)).save(root / f"{split}annot" / f"a{i}.png")
-    (root / "val" / "a1.png").write_bytes(b"not an image")
+    root = write_camvid(tmp_path / "cv", 2, label_fn=lambda split, i: np.full((8, 8), 3 if i else 40, np.uint8))
+    (root / "val" / "s1.png").write_bytes(b"not an image")
     assert main(["data", "check", f"camvid:{root}"]) == 1
     out = capsys.readouterr().out
-    assert "a0.png" in out and "val/a1.png" in out and "Road" in out
+    assert "s0.png" in out and "val/s1.png" in out and "Road" in out
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
@@ -82,3 +78,12 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing"), "--data", DATA]) == 2
     assert main(["train", "lrr=3"]) == 2
     assert "unknown config keys" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iters", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"run directory: {out.resolve()}" in printed
+    assert (out / "metrics.txt").is_file() and list((out / "pictures").glob("*.png"))
+    assert (out / "checkpoints" / "model.safetensors").is_file()

@@ -3,12 +3,15 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from attnseg.engine import checkpoint as ckpt_io
 from attnseg.engine.config import TrainConfig, load_config, parse_overrides
 from attnseg.engine.trainer import EpochBatchSampler, Trainer, lr_at
+
+from .conftest import write_camvid
 
 DATA = "synthetic:train=12,val=3,size=32x48"
 
@@ -139,17 +142,34 @@ def test_nan_loss_stops_with_message_and_keeps_state(tmp_path):
 
 
 def test_bad_label_in_training_names_the_file(tmp_path):
-    import numpy as np
-    from PIL import Image
-    root = tmp_path / "cv"
-    for split in ("train", "val"):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(4):
-            Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(root / split / f"s{i}.png")
-            lab = np.zeros((32, 48), np.uint8)
-            if split == "train" and i == 2:
-                lab[0, 0] = 37
-            Image.fromarray(lab).save(root / f"{split}annot" / f"s{i}.png")
+    def label(split, i):
+        lab = np.zeros((32, 48), np.uint8)
+        lab[0, 0] = 37 if (split, i) == ("train", 2) else 0
+        return lab
+
+    root = write_camvid(tmp_path / "cv", 4, (32, 48), label)
     with pytest.raises(ValueError, match=r"label value 37 in .*s2\.png exceeds the 11 classes of camvid"):
         Trainer(tiny_cfg(tmp_path / "run", data=f"camvid:{root}"))
+
+
+def test_class_weights_list_and_power(tmp_path):
+    from types import SimpleNamespace
+
+    from attnseg.engine.trainer import class_weights_for
+    ds = SimpleNamespace(spec=SimpleNamespace(num_classes=2, ignore_index=255))
+    w = class_weights_for(TrainConfig(class_weights=[1.0, 4.0], class_weight_power=0.5), ds, tmp_path)
+    np.testing.assert_allclose(w, [1.0, 2.0])
+    with pytest.raises(ValueError, match="2 classes"):
+        class_weights_for(TrainConfig(class_weights=[1.0]), ds, tmp_path)
+    with pytest.raises(ValueError, match="median_freq"):
+        class_weights_for(TrainConfig(class_weights="inverse"), ds, tmp_path)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    from attnseg.data import parse_data_spec
+    from attnseg.models import MODELS
+    cfg = load_config(path)
+    assert cfg.model in MODELS
+    parse_data_spec(cfg.data)

@@ -74,8 +74,8 @@ def save_weights(path, model, meta: dict) -> Path:
 def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state_dict, meta) from a ``.safetensors`` weights file or a ``last.pt`` training state."""
     path = Path(path)
-    if path.is_dir():  # a run directory
-        for cand in ("checkpoints/best.safetensors", "checkpoints/model.safetensors", "checkpoints/last.pt"):
+    if path.is_dir():  # a run directory: the final weights (best.safetensors was chosen on val: name it explicitly)
+        for cand in ("checkpoints/model.safetensors", "checkpoints/last.pt", "checkpoints/best.safetensors"):
             if (path / cand).is_file():
                 path = path / cand
                 break

@@ -47,6 +47,7 @@ class TrainConfig:
     min_lr: float = 0.0
     grad_clip: float | None = 10.0
     class_weights: str | list | None = None   # None | "median_freq" | list of K floats
+    class_weight_power: float = 1.0           # weights are raised to this power (0.5 softens median_freq)
     aux_weight: float = 0.4
     label_smoothing: float = 0.0
     # precision: "auto" = bf16 autocast where the CPU has native bf16 (or on CUDA), else fp32

@@ -90,7 +90,8 @@ def infer(model, images: torch.Tensor, cfg: InferenceConfig, num_classes: int, a
         x = images.flip(-1) if flip else images
         if scale != 1.0:
             size = (max(1, round(H * scale)), max(1, round(W * scale)))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            # antialiased when shrinking, like the PIL resize of the training pipeline
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if cfg.mode == "whole":

@@ -32,5 +32,5 @@ def write_run_report(run_dir: Path, model, dataset, spec, metrics: dict, cm, inf
         with torch.no_grad():
             pred = infer(model, x, infer_cfg, spec.num_classes, prec.autocast(), prec.channels_last).argmax(1)[0]
         side_by_side(image, label, pred.cpu().numpy(), spec).save(pic_dir / f"{dataset.sample_name(i)}.png")
-    curve = plot_learning_curve(run_dir / "log.jsonl", run_dir / "learning_curve.png")
+    curve = plot_learning_curve(run_dir / "log.jsonl", run_dir / "learning_curve.png", title=run_dir.name)
     return {"table": table, "metrics": paths, "pictures": pic_dir, "curve": curve}

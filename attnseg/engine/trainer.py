@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data import build_dataset
-from ..data.transforms import eval_transforms, train_transforms
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from ..losses import class_pixel_stats, median_frequency_weights, segmentation_loss
 from ..models import create_model
 from . import checkpoint as ckpt_io
@@ -112,11 +112,11 @@ def class_weights_for(cfg: TrainConfig, dataset, run_dir: Path) -> np.ndarray | 
     if isinstance(cfg.class_weights, (list, tuple)):
         if len(cfg.class_weights) != K:
             raise ValueError(f"class_weights has {len(cfg.class_weights)} values but the dataset has {K} classes")
-        return np.asarray(cfg.class_weights, np.float64)
+        return np.asarray(cfg.class_weights, np.float64) ** cfg.class_weight_power
     if cfg.class_weights != "median_freq":
         raise ValueError(f"class_weights {cfg.class_weights!r} unknown; use median_freq or a list of {K} floats")
     counts, pix = class_pixel_stats((dataset.load(i)[1] for i in range(len(dataset))), K, dataset.spec.ignore_index)
-    w = median_frequency_weights(counts, pix)
+    w = median_frequency_weights(counts, pix) ** cfg.class_weight_power
     (run_dir / "class_weights.json").write_text(json.dumps(dict(zip(dataset.spec.names, w.round(4).tolist()))))
     return w
 
@@ -135,11 +135,11 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.manual_seed(cfg.seed)
-        self.train_set = build_dataset(cfg.data, cfg.train_split, transform=train_transforms(
-            cfg.crop, cfg.scale_range, cfg.base_scale, 255, cfg.flip, cfg.jitter, cfg.cat_max_ratio),
-            cache=cfg.cache, seed=cfg.seed)
+        self.train_set = build_dataset(cfg.data, cfg.train_split, cache=cfg.cache, seed=cfg.seed)
         self.spec = self.train_set.spec
-        self.train_set.transform.transforms[1].ignore_index = self.spec.ignore_index
+        self.train_set.transform = train_transforms(
+            cfg.crop, cfg.scale_range, cfg.base_scale, self.spec.ignore_index, cfg.flip, cfg.jitter,
+            cfg.cat_max_ratio, IMAGENET_MEAN, IMAGENET_STD)
         self.val_set = build_dataset(cfg.val_data or cfg.data, cfg.val_split, transform=eval_transforms(),
                                      cache=cfg.cache, seed=cfg.seed)
         if self.val_set.spec.names != self.spec.names:
@@ -152,11 +152,14 @@ class Trainer:
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.class_weights = class_weights_for(cfg, self.train_set, self.run_dir)
         self.optimizer = build_optimizer(cfg, self.model)
+        # fp16 (CUDA only) needs loss scaling against gradient underflow; bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler(self.prec.device.type, enabled=self.prec.dtype == torch.float16)
         self.infer_cfg = inference_config(cfg)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
         self.best = -1.0
         self.last_metrics = None
         self.log = JsonLog(self.run_dir / "log.jsonl" if self.main else None)
+        self.git = git_hash()
         self._maybe_resume()
         self.model = self.prec.model(self.model)
         self.ddp_model = wrap_model(self.model, self.prec.device, self.world)
@@ -175,15 +178,14 @@ class Trainer:
     def meta(self) -> dict:
         return {
             "model": self.cfg.model, "model_kwargs": self.cfg.model_kwargs, "classes": self.spec.to_dict(),
-            "preprocessing": {"mean": list(self.train_set.transform.transforms[-1].mean),
-                              "std": list(self.train_set.transform.transforms[-1].std),
+            "preprocessing": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                               "base_scale": self.cfg.base_scale, "test_scale": self.infer_cfg.test_scale},
             "inference": {"mode": self.infer_cfg.mode, "crop": self.infer_cfg.crop, "stride": self.infer_cfg.stride,
                           "scales": list(self.infer_cfg.scales), "flip": self.infer_cfg.flip,
                           "test_scale": self.infer_cfg.test_scale},
             "config": config_to_dict(self.cfg), "num_params": self.num_params, "command": self.command,
             "step": self.step, "elapsed_s": round(self.elapsed, 1), "metrics": self.last_metrics,
-            "precision": self.prec.name, "world_size": self.world, "git": git_hash(),
+            "precision": self.prec.name, "world_size": self.world, "git": self.git,
             "versions": {"attnseg": __import__("attnseg").__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
         }
@@ -198,6 +200,8 @@ class Trainer:
                              f"{self.cfg.model}; use another run_dir or resume=false")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch, self.elapsed = int(state["batch_in_epoch"]), float(state["elapsed"])
         self.best = float(state.get("best", -1.0))
@@ -214,6 +218,8 @@ class Trainer:
             return
         state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                  "elapsed": self.elapsed, "best": self.best}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         ckpt_io.save_training_state(self.run_dir / "checkpoints" / "last.pt", self.model, self.optimizer, state,
                                     self.meta())
 
@@ -255,13 +261,15 @@ class Trainer:
                                      f"{self.run_dir}/checkpoints/last.pt. Lower lr (now {lr:.2e}) or set "
                                      "precision=fp32")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return lr, {"loss": loss.detach(), **parts}
 
-    def validate(self, final: bool = False) -> dict:
+    def validate(self, final: bool = False) -> tuple[dict, object]:
         limit = None if final else self.cfg.val_max_images
         t = time.time()
         metrics, cm = evaluate(self.model, self.val_set, self.infer_cfg, self.prec, limit, self.rank, self.world)
@@ -299,7 +307,7 @@ class Trainer:
         self.log.write({"kind": "start", "step": self.step, "seed": cfg.seed, "deterministic": cfg.deterministic,
                         "precision": self.prec.name, "device": str(self.prec.device), "world_size": self.world,
                         "train_images": len(self.train_set), "val_images": len(self.val_set),
-                        "num_params": self.num_params, "torch": torch.__version__, "git": git_hash(),
+                        "num_params": self.num_params, "torch": torch.__version__, "git": self.git,
                         "threads": torch.get_num_threads(), "command": self.command})
         if self.main:
             print(f"{cfg.model}: {self.num_params / 1e6:.2f}M parameters, {len(self.train_set)} training images, "

@@ -50,9 +50,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_pretrained(module: nn.Module, path: str | Path, prefix: str = "", strict: bool = False) -> LoadReport:
-    """Copy every tensor of the file whose name (after stripping ``prefix``) and shape match ``module``."""
-    sd = read_state_dict(path)
+def load_pretrained(module: nn.Module, source: str | Path | dict, prefix: str = "", strict: bool = False) -> LoadReport:
+    """Copy every tensor of ``source`` (a file, or a state dict already read) whose name (after stripping
+    ``prefix``) and shape match ``module``; report what matched."""
+    sd = source if isinstance(source, dict) else read_state_dict(source)
+    path = "<state dict>" if isinstance(source, dict) else source
     if prefix:
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     own = module.state_dict()

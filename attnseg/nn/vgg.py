@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .pretrained import LoadReport, read_state_dict
+from .pretrained import LoadReport, load_pretrained, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -259,28 +259,9 @@ def vgg16_classifier_to_conv(state_dict: dict[str, torch.Tensor], largefov: bool
     return out
 
 
-def load_state_dict_report(module: nn.Module, sd: dict[str, torch.Tensor], source: str = "") -> LoadReport:
-    """Copy every tensor of ``sd`` whose name and shape match ``module`` (``load_pretrained`` on a dict)."""
-    own = module.state_dict()
-    report, to_load = LoadReport(), {}
-    for k, v in sd.items():
-        if k not in own:
-            report.unexpected.append(k)
-        elif own[k].shape != v.shape:
-            report.mismatched.append((k, tuple(v.shape), tuple(own[k].shape)))
-        else:
-            to_load[k] = v
-            report.matched.append(k)
-    report.missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
-    module.load_state_dict(to_load, strict=False)
-    log.info("%s: %s", source, report.summary())
-    return report
-
-
 def load_vgg16_pretrained(vgg: VGG16, path: str | Path) -> LoadReport:
     """Load a local torchvision ``vgg16`` / ``vgg16_bn`` state dict (.pth or .safetensors) into ``vgg``,
     converting the classifier into fc6 / fc7 (decimated for the LargeFOV layout)."""
     sd = read_state_dict(path)
     cin = vgg.fc6.in_channels if vgg.fc6 is not None else None
-    return load_state_dict_report(vgg, vgg16_classifier_to_conv(sd, largefov=vgg.largefov, in_channels=cin),
-                                  str(path))
+    return load_pretrained(vgg, vgg16_classifier_to_conv(sd, largefov=vgg.largefov, in_channels=cin))
