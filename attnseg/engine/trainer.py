@@ -344,12 +344,9 @@ class Trainer:
                         self.validate()
                     if self.done() or stop["flag"]:
                         break
-                else:
+                else:  # the epoch ran to its end (a break means the budget is spent or a stop was asked)
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                    continue
-                # left the epoch early: the loop ends (budget reached or stop requested)
-                break
         except (KeyboardInterrupt, Exception):
             # keep the work done so far: the state after the last completed step is consistent
             self.save()
