@@ -34,19 +34,6 @@ def wrap_model(model: torch.nn.Module, device: torch.device, world: int) -> torc
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
 
 
-def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """SyncBatchNorm / DistributedBatchNorm2d -> BatchNorm2d (weights kept), so saved models run on one CPU."""
-    from ..nn.sync_batchnorm import DistributedBatchNorm2d
-    out = module
-    if isinstance(module, (torch.nn.SyncBatchNorm, DistributedBatchNorm2d)):
-        out = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                   module.track_running_stats)
-        out.load_state_dict(module.state_dict())
-    for name, child in module.named_children():
-        out.add_module(name, revert_sync_batchnorm(child))
-    return out
-
-
 def barrier():
     if dist.is_initialized():
         dist.barrier()
