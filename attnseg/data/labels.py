@@ -82,18 +82,17 @@ class LabelSpec:
         return out.astype(raw.dtype) if raw.dtype == np.uint8 else out
 
     def invalid_values(self, label: np.ndarray) -> np.ndarray:
-        """Sorted label values (after encode) that are neither a class nor ignore."""
+        """Sorted label values (after encode) that are neither a class nor ignore (negatives included)."""
         values = np.unique(label)
-        bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
-        return np.concatenate([bad, values[values < 0]]) if values.min(initial=0) < 0 else bad
+        return values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_index)]
 
     def colorize(self, label: np.ndarray, ignore_color=(0, 0, 0)) -> np.ndarray:
         """(H, W) ids -> (H, W, 3) uint8 RGB using the palette; ignore and unknown ids get ignore_color."""
-        lut = np.zeros((256 if label.max(initial=0) < 256 else int(label.max()) + 1, 3), np.uint8)
-        lut[:] = ignore_color
-        lut[: self.num_classes] = np.asarray(self.palette, np.uint8)
-        safe = np.where((label >= 0) & (label < len(lut)), label, self.ignore_index % len(lut))
-        return lut[safe]
+        out = np.empty((*label.shape, 3), np.uint8)
+        out[:] = ignore_color
+        valid = (label >= 0) & (label < self.num_classes)
+        out[valid] = np.asarray(self.palette, np.uint8)[label[valid]]
+        return out
 
     def to_dict(self) -> dict:
         return {"names": self.names, "palette": [list(c) for c in self.palette],
