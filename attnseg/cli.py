@@ -139,19 +139,54 @@ def cmd_predict(args) -> int:
         print(f"{path}: {ids.shape[1]}x{ids.shape[0]}, {1000 * (time.time() - t):.0f} ms -> "
               f"{out / (stem + '_ids.png')}, {out / (stem + '_overlay.png')}")
         if args.attention:
-            with torch.no_grad():
-                att = model(prec.images(x[None].to(device)), return_attention=True).get("attention", {})
-            if not att:
-                print(f"  model {meta['model']} has no attention maps to show (FCN, DeconvNet and LargeFOV are "
-                      "attention-free baselines)")
-            from .viz.overlay import blend_heatmap
-            for name, a in att.items():
-                a = a[0].float()
-                while a.dim() > 2:
-                    a = a.mean(0)
-                a = torch.nn.functional.interpolate(a[None, None], size=image.shape[:2], mode="bilinear")[0, 0]
-                Image.fromarray(blend_heatmap(image, a.cpu().numpy(), 0.6)).save(out / f"{stem}_attn_{name}.png")
+            _write_attention(model, meta, prec, x.to(device), image, ids, spec, out / stem)
     return 0
+
+
+def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path) -> None:
+    """Every attention map the model returns, as heat maps over the image; for a multi-scale model also the
+    per-scale weights and predictions side by side (``<stem>_scales.png``, Chen et al. 2016, Fig. 1/5 style)."""
+    import torch
+    from PIL import Image
+
+    from .viz.overlay import blend_heatmap, overlay, scale_attention_figure
+
+    H, W = image.shape[:2]
+    with torch.no_grad():
+        att = model(prec.images(x[None]), return_attention=True).get("attention", {})
+    if not att:
+        print(f"  model {meta['model']} returns no attention maps (FCN, DeconvNet and LargeFOV are attention-free "
+              "baselines)")
+    written = []
+
+    def full(a):  # (h, w) -> (H, W) float numpy
+        return torch.nn.functional.interpolate(a[None, None].float(), size=(H, W), mode="bilinear")[0, 0].cpu()
+
+    scales = getattr(model, "scales", None)
+    if "scale_weights" in att and "scale_logits" in att:
+        weights = torch.stack([full(w) for w in att.pop("scale_weights")[0]])           # (S, H, W)
+        logits = att.pop("scale_logits")[0].float()                                     # (S, K, h, w)
+        scale_ids = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear").argmax(1).cpu()
+        scales = scales or list(range(len(weights)))
+        for s, w, p in zip(scales, weights, scale_ids):
+            path = Path(f"{prefix}_attn_scale_{s:g}.png")
+            Image.fromarray(blend_heatmap(image, w.numpy(), 0.75, vmin=0.0, vmax=1.0)).save(path)
+            path2 = Path(f"{prefix}_pred_scale_{s:g}.png")
+            Image.fromarray(overlay(image, p.numpy().astype("uint8"), spec)).save(path2)
+            written += [path, path2]
+        fig = Path(f"{prefix}_scales.png")
+        scale_attention_figure(image, ids, weights.numpy(), scale_ids.numpy().astype("uint8"), spec,
+                               scales).save(fig)
+        written.append(fig)
+    for name, a in att.items():
+        a = a[0].float()
+        while a.dim() > 2:
+            a = a.mean(0)
+        path = Path(f"{prefix}_attn_{name}.png")
+        Image.fromarray(blend_heatmap(image, full(a).numpy(), 0.6)).save(path)
+        written.append(path)
+    if written:
+        print("  attention: " + ", ".join(str(p) for p in written))
 
 
 def cmd_models(args) -> int:

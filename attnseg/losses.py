@@ -40,6 +40,7 @@ def median_frequency_weights(counts: np.ndarray, image_pixels: np.ndarray) -> np
 def segmentation_loss(out: dict, target: torch.Tensor, ignore_index: int = 255, class_weights=None,
                       aux_weight: float = 0.4, label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Cross-entropy on ``out['logits']`` plus ``aux_weight`` x each ``out['aux']`` term, computed in fp32.
+    A model may set its own weights per aux term in ``out['aux_weights']`` (attention to scale's E-Supv uses 1).
 
     Returns (total, {"loss_main": ..., "loss_aux_<name>": ...}) with detached float parts for logging. An
     all-ignore batch gives a zero loss (not NaN) that still back-propagates.
@@ -57,8 +58,9 @@ def segmentation_loss(out: dict, target: torch.Tensor, ignore_index: int = 255, 
     main = ce(out["logits"])
     parts = {"loss_main": main.detach()}
     total = main
+    weights = out.get("aux_weights") or {}
     for name, logits in (out.get("aux") or {}).items():
         term = ce(logits)
         parts[f"loss_aux_{name}"] = term.detach()
-        total = total + aux_weight * term
+        total = total + weights.get(name, aux_weight) * term
     return total, parts

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("ATTNSEG_TEST_THREADS", "2")))
+# one thread per pytest-xdist worker (make test runs 2 workers on 2 cores; more threads oversubscribe them)
+torch.set_num_threads(int(os.environ.get("ATTNSEG_TEST_THREADS", "1" if "PYTEST_XDIST_WORKER" in os.environ else "2")))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CAMVID = REPO.parent / "shared" / "data" / "camvid"

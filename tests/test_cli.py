@@ -87,3 +87,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert f"run directory: {out.resolve()}" in printed
     assert (out / "metrics.txt").is_file() and list((out / "pictures").glob("*.png"))
     assert (out / "checkpoints" / "model.safetensors").is_file()
+
+
+def test_predict_attention_of_a_multiscale_model(tmp_path, capsys):
+    """Train 1 step of attention to scale through the CLI (model_kwargs from the command line), then predict
+    with --attention: per-scale weight maps, per-scale predictions and the figure."""
+    run = tmp_path / "ms"
+    args = [a for a in TRAIN if not a.startswith(("model=", "iters="))]
+    assert main(args + ["model=attention_to_scale", "model_kwargs.scales=[1,0.5]", "model_kwargs.head_channels=8",
+                        "iters=1", f"run_dir={run}"]) == 0
+    image, _ = build_dataset(DATA, "val").load(0)
+    src = tmp_path / "in.png"
+    Image.fromarray(image).save(src)
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(src), "--out", str(out), "--attention"]) == 0
+    for name in ("attn_scale_1", "attn_scale_0.5", "pred_scale_1", "pred_scale_0.5"):
+        assert np.asarray(Image.open(out / f"in_{name}.png")).shape == image.shape
+    fig = Image.open(out / "in_scales.png")
+    assert fig.width >= 2 * image.shape[1] and fig.height >= 3 * image.shape[0]
+    assert "attn_scale_0.5" in capsys.readouterr().out

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from functools import partial
 
+from .attention_to_scale import attention_to_scale
 from .base import SegmentationModel
 from .deconvnet import deconvnet_vgg16
 from .deeplab_largefov import deeplab_largefov_vgg16
+from .farabet import farabet
 from .fcn import fcn_resnet, fcn_vgg16
+from .recurrent_refinement import recurrent_refinement
 
 MODELS = {
     "fcn32s_resnet18": partial(fcn_resnet, variant="32s", depth=18),
@@ -25,6 +28,13 @@ MODELS = {
     "deconvnet_vgg16_w025": partial(deconvnet_vgg16, width=0.25),
     "deeplab_largefov_vgg16": deeplab_largefov_vgg16,
     "deeplab_largefov_vgg16_w05": partial(deeplab_largefov_vgg16, width=0.5),
+    "farabet": farabet,
+    "farabet_2layer": partial(farabet, classifier_hidden=1024),
+    "recurrent_refinement": recurrent_refinement,
+    "rcnn2_fcn8s_resnet18": partial(recurrent_refinement, passes=2),
+    "rcnn3_fcn8s_resnet18": partial(recurrent_refinement, passes=3),
+    "attention_to_scale": attention_to_scale,
+    "attention_to_scale_largefov": partial(attention_to_scale, base="deeplab_largefov_vgg16"),
 }
 
 

@@ -4,9 +4,15 @@
 
 - ``logits``: (B, K, H, W) class scores at input resolution;
 - ``aux``: name -> (B, K, H, W) logits for deep supervision (only in training mode, empty otherwise);
+- ``aux_weights`` (optional): name -> loss weight of that aux term, overriding the engine's ``aux_weight``;
 - ``attention``: name -> tensor (documented by the model), only when ``return_attention=True``.
 
 ``model.predict(images)`` returns (B, H, W) int64 class ids.
+
+Wrappers that run a model several times (attention to scale) use two more methods: ``forward_parts(images)``
+gives the class scores on the model's own score grid before the final upsampling, plus the features that
+produced them, and ``upsample_scores(scores, size)`` finishes the job. The defaults treat the full-resolution
+logits as the score grid and have no features; models with a coarse score grid override both.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ def resize_to(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
     """Resize (B, C, h, w) to ``size`` (H, W); a no-op when already there."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if mode in ("nearest", "nearest-exact", "area"):
+        return F.interpolate(x, size=tuple(size), mode=mode)
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
@@ -38,11 +46,22 @@ class SegmentationModel(nn.Module):
     num_classes: int
 
     def output(self, logits: torch.Tensor, aux: dict | None = None, attention: dict | None = None,
-               return_attention: bool = False) -> dict:
+               return_attention: bool = False, aux_weights: dict | None = None) -> dict:
         out = {"logits": logits, "aux": (aux or {}) if self.training else {}}
+        if aux_weights and out["aux"]:
+            out["aux_weights"] = aux_weights
         if return_attention:
             out["attention"] = attention or {}
         return out
+
+    def forward_parts(self, images: torch.Tensor) -> dict:
+        """``{"scores": (B, K, h, w), "features": (B, C, h', w') or None}``: the class scores on the score grid
+        (before ``upsample_scores``) and the features the classifier read (default: the logits, no features)."""
+        return {"scores": self(images)["logits"], "features": None}
+
+    def upsample_scores(self, scores: torch.Tensor, size) -> torch.Tensor:
+        """(B, K, h, w) scores on the grid of an (H, W) input -> (B, K, H, W) logits."""
+        return resize_to(scores, size)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

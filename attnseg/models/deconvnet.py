@@ -70,19 +70,21 @@ class DeconvNet(SegmentationModel):
         min_size: smallest padded side (224: pool5 7x7, fc6 1x1).
         pad_mode: 'constant' (zeros, the mean after normalisation), 'replicate' or 'reflect'.
 
+    ``in_channels``: input channels (3; more when a wrapper feeds extra planes, e.g. recurrent refinement).
+
     ``forward(images (B, 3, H, W))`` -> ``{"logits": (B, K, H, W), "aux": {}}``; ``return_attention=True`` adds
     ``"attention": {"switches": (B, 1, H, W)}``, the fraction of conv1 channels whose pool1 switch points at each
     pixel (where unpooling puts the decoder's activations back).
     """
 
     def __init__(self, num_classes: int, width: float = 1.0, pretrained: str | None = None, min_size: int = 224,
-                 pad_mode: str = "constant"):
+                 pad_mode: str = "constant", in_channels: int = 3):
         super().__init__()
         if min_size < 224:
             raise ValueError(f"min_size must be >= 224 so that pool5 is at least 7x7 (fc6 is a 7x7 valid conv), "
                              f"not {min_size}")
         self.num_classes, self.min_size, self.pad_mode = num_classes, min_size, pad_mode
-        self.encoder = vgg16_bn_deconvnet(width)
+        self.encoder = vgg16_bn_deconvnet(width, in_channels=in_channels)
         if pretrained:
             load_vgg16_pretrained(self.encoder, pretrained)
         c_fc, c5 = self.encoder.fc_channels, self.encoder.out_channels["pool5"]

@@ -48,15 +48,19 @@ class DeepLabLargeFOV(SegmentationModel):
         width: channel multiplier (1.0 = paper, 20.5M parameters).
         dropout: after fc6 and fc7 (0.5 in the prototxt).
         pretrained: local torchvision ``vgg16`` state dict (width 1.0 only).
+        batch_norm: BN after every conv and fc6 / fc7 (not in the paper; trains from scratch far better).
+        in_channels: input channels (3; more when a wrapper feeds extra planes).
 
     ``forward(images (B, 3, H, W))`` -> ``{"logits": (B, K, H, W), "aux": {}}``; ``return_attention=True`` adds
-    an empty ``"attention"`` dict (the model has no attention).
+    an empty ``"attention"`` dict (the model has no attention). ``forward_parts`` gives fc8 and fc7 at stride 8
+    (attention to scale reads fc7, as in Chen et al. 2016).
     """
 
-    def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.5, pretrained: str | None = None):
+    def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.5, pretrained: str | None = None,
+                 batch_norm: bool = False, in_channels: int = 3):
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = vgg16_largefov(width, dropout=dropout)
+        self.backbone = vgg16_largefov(width, dropout=dropout, batch_norm=batch_norm, in_channels=in_channels)
         if pretrained:
             load_vgg16_pretrained(self.backbone, pretrained)
         assert self.backbone.out_origins["fc7"] == 0 and self.backbone.out_strides["fc7"] == 8
@@ -64,11 +68,15 @@ class DeepLabLargeFOV(SegmentationModel):
         nn.init.normal_(self.fc8.weight, std=0.01)
         nn.init.zeros_(self.fc8.bias)
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
-        H, W = images.shape[-2:]
+    def forward_parts(self, images: torch.Tensor) -> dict:
         fc7 = self.backbone(images)["fc7"]     # (B, 1024, ceil-ish H/8, W/8)
-        score = self.fc8(fc7)                  # (B, K, h, w), index i at input pixel 8i
-        logits = upsample_aligned(score, 8, (H, W))  # (B, K, H, W)
+        return {"scores": self.fc8(fc7), "features": fc7}  # scores (B, K, h, w), index i at input pixel 8i
+
+    def upsample_scores(self, scores: torch.Tensor, size) -> torch.Tensor:
+        return upsample_aligned(scores, 8, tuple(size))  # (B, K, H, W)
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
+        logits = self.upsample_scores(self.forward_parts(images)["scores"], images.shape[-2:])
         return self.output(logits, return_attention=return_attention)
 
 

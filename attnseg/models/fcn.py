@@ -92,22 +92,29 @@ class FCN(SegmentationModel):
             return getattr(self.backbone, "top_origin", self.backbone.out_origins[name])
         return self.backbone.out_origins[name]
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
-        H, W = images.shape[-2:]
+    def forward_parts(self, images: torch.Tensor) -> dict:
+        """Scores on the finest fused grid (stride 32/16/8 for 32s/16s/8s) and the top features (stride 32)."""
         feats = self.backbone(images)
         s8, s16, s32 = self.skips
-        score = self.score_fr(self.head(feats[s32]))
+        top = self.head(feats[s32])
+        score = self.score_fr(top)
         for fine in self.score_pool:   # coarse-to-fine skip fusion, FCN Fig. 3
             skip = self.score_pool[fine](feats[fine])
             up = self.up[fine](score)
             score = crop_to(up, skip.shape[-2:], self.offsets[fine]) + skip
-        logits = crop_to(self.up_final(score), (H, W), self.final_offset)
+        return {"scores": score, "features": top}
+
+    def upsample_scores(self, scores: torch.Tensor, size) -> torch.Tensor:
+        return crop_to(self.up_final(scores), tuple(size), self.final_offset)
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
+        logits = self.upsample_scores(self.forward_parts(images)["scores"], images.shape[-2:])
         return self.output(logits, return_attention=return_attention)
 
 
 def fcn_resnet(num_classes: int, variant: str = "8s", depth: int = 18, pretrained: str | None = None,
-               **kwargs) -> FCN:
-    backbone = ResNet(depth, output_stride=32)
+               in_channels: int = 3, **kwargs) -> FCN:
+    backbone = ResNet(depth, output_stride=32, in_channels=in_channels)
     if pretrained:
         from ..nn.pretrained import load_pretrained
         load_pretrained(backbone, pretrained)
@@ -115,7 +122,7 @@ def fcn_resnet(num_classes: int, variant: str = "8s", depth: int = 18, pretraine
 
 
 def fcn_vgg16(num_classes: int, variant: str = "8s", pretrained: str | None = None, width: float = 1.0,
-              **kwargs) -> FCN:
+              in_channels: int = 3, **kwargs) -> FCN:
     """FCN-32s/16s/8s on VGG-16 as in the paper's Caffe reference (``voc-fcn*s/net.py``).
 
     The backbone (``attnseg.nn.vgg.vgg16_fcn``) pads conv1_1 by 100, has fc6 (7x7, 4096) and fc7 (1x1, 4096)
@@ -127,7 +134,7 @@ def fcn_vgg16(num_classes: int, variant: str = "8s", pretrained: str | None = No
     """
     from ..nn.vgg import load_vgg16_pretrained, vgg16_fcn
 
-    backbone = vgg16_fcn(width)
+    backbone = vgg16_fcn(width, in_channels=in_channels)
     if pretrained:
         load_vgg16_pretrained(backbone, pretrained)
     kwargs.setdefault("dropout", 0.0)  # the dropout of FCN-VGG lives in fc6 / fc7

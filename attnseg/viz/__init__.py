@@ -5,7 +5,18 @@ matplotlib is imported only when a function needs it (``plot_learning_curve``, `
 """
 
 from .curves import plot_learning_curve, read_log
-from .overlay import blend_heatmap, colormap_table, error_map, heatmap, legend, overlay, save_label_png, side_by_side
+from .overlay import (
+                      blend_heatmap,
+                      colormap_table,
+                      error_map,
+                      heatmap,
+                      legend,
+                      overlay,
+                      panel_grid,
+                      save_label_png,
+                      scale_attention_figure,
+                      side_by_side,
+)
 
 __all__ = ["overlay", "side_by_side", "error_map", "legend", "save_label_png", "heatmap", "blend_heatmap",
-           "colormap_table", "plot_learning_curve", "read_log"]
+           "colormap_table", "panel_grid", "scale_attention_figure", "plot_learning_curve", "read_log"]

@@ -100,14 +100,40 @@ def side_by_side(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, spe
     panels.append((titles[2], overlay(image, pred, spec, alpha)))
     if gt is not None:
         panels.append((titles[3], error_map(gt, pred, spec)))
-    h, w = image.shape[:2]
-    canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * PANEL_GAP, h + TITLE_HEIGHT), BACKGROUND)
+    return panel_grid([panels])
+
+
+def panel_grid(rows: list[list[tuple[str, np.ndarray]]]) -> Image.Image:
+    """Rows of titled (H, W, 3) uint8 panels of one size -> one RGB picture (rows may differ in length)."""
+    h, w = rows[0][0][1].shape[:2]
+    n = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (n * w + (n - 1) * PANEL_GAP, len(rows) * (h + TITLE_HEIGHT) + (len(rows) - 1)
+                               * PANEL_GAP), BACKGROUND)
     draw, font = ImageDraw.Draw(canvas), _font()
-    for i, (title, panel) in enumerate(panels):
-        x = i * (w + PANEL_GAP)
-        canvas.paste(Image.fromarray(panel), (x, TITLE_HEIGHT))
-        draw.text((x + 2, 2), title, fill=(0, 0, 0), font=font)
+    for r, row in enumerate(rows):
+        y = r * (h + TITLE_HEIGHT + PANEL_GAP)
+        for i, (title, panel) in enumerate(row):
+            if panel.shape[:2] != (h, w):
+                raise ValueError(f"panel {title!r} is {panel.shape[:2]}, the others {(h, w)}")
+            x = i * (w + PANEL_GAP)
+            canvas.paste(Image.fromarray(panel), (x, y + TITLE_HEIGHT))
+            draw.text((x + 2, y + 2), title, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def scale_attention_figure(image: np.ndarray, pred: np.ndarray, weights: np.ndarray, scale_preds: np.ndarray,
+                           spec: LabelSpec, scales, alpha: float = 0.5) -> Image.Image:
+    """Attention to scale's figure: the image and the fused prediction; then, per scale s, the weight map w^s
+    (viridis, 0 to 1) and the prediction of that scale alone.
+
+    Args:
+        image: (H, W, 3) uint8; pred: (H, W) ids; weights: (S, H, W) in [0, 1]; scale_preds: (S, H, W) ids.
+    """
+    rows = [[("image", np.asarray(image)), ("fused prediction", overlay(image, pred, spec, alpha))],
+            [(f"scale {s:g} weight", blend_heatmap(image, wmap, 0.75, vmin=0.0, vmax=1.0))
+             for s, wmap in zip(scales, weights)],
+            [(f"scale {s:g} alone", overlay(image, p, spec, alpha)) for s, p in zip(scales, scale_preds)]]
+    return panel_grid(rows)
 
 
 def legend(spec: LabelSpec, swatch: int = 14, pad: int = 4) -> Image.Image:
