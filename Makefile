@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow test-all lint bench
+.PHONY: install demo test test-slow test-all lint bench bench-scale
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -33,3 +33,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/inference_speed.py
+	$(BIN)/python benchmarks/scale_cost.py
+
+# the issue-3 tables (about 40 and 90 CPU minutes; finished runs are reused, interrupted ones resume)
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale_synthetic.py --threads 1 --prune --out runs/bench/scale_synthetic.json
+	$(BIN)/python benchmarks/scale_camvid.py --threads 1 --iters 250 --set warmup_iters=25 --prune \
+		--out runs/bench/scale_camvid.json

@@ -46,6 +46,7 @@ from scale_synthetic import (  # noqa: E402  (the shared run / reuse helpers)
     RESUME_KEYS,
     emit,
     machine_info,
+    parse_sweep_args,
     pct,
     run_or_reuse,
     set_threads,
@@ -149,16 +150,7 @@ def parse_args(argv=None):
     p.add_argument("--val-interval", type=int, default=0, help="steps between validations (0: only the final one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig override, as for attnseg train (repeatable): --set lr=0.001")
-    p.add_argument("--run-root", default="runs/bench/scale_camvid")
-    p.add_argument("--prune", action="store_true", help="delete last.pt and best.safetensors of finished runs")
-    p.add_argument("--progress", action="store_true", help="the engine's tqdm bar")
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    args = p.parse_args(argv)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    return args
+    return parse_sweep_args(p, argv, "runs/bench/scale_camvid", VARIANTS)
 
 
 def main(argv=None):

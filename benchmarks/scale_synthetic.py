@@ -299,6 +299,21 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_sweep_args(p: argparse.ArgumentParser, argv, run_root: str, variants) -> argparse.Namespace:
+    """The options every sweep shares (run root, pruning, progress bar, JSON file), then parse and check
+    ``--variants`` against ``variants``."""
+    p.add_argument("--run-root", default=run_root)
+    p.add_argument("--prune", action="store_true", help="delete last.pt and best.safetensors of finished runs")
+    p.add_argument("--progress", action="store_true", help="the engine's tqdm bar")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {', '.join(variants)}")
+    return args
+
+
 def parse_size(text: str) -> tuple[int, int]:
     h, _, w = text.lower().partition("x")
     return int(h), int(w or h)
@@ -323,15 +338,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--workers", type=int, default=1, help="data loader workers")
-    p.add_argument("--run-root", default="runs/bench/scale_synthetic")
-    p.add_argument("--prune", action="store_true", help="delete last.pt and best.safetensors of finished runs")
-    p.add_argument("--progress", action="store_true", help="the engine's tqdm bar")
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    args = p.parse_args(argv)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    args = parse_sweep_args(p, argv, "runs/bench/scale_synthetic", VARIANTS)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     return args
 

@@ -28,6 +28,10 @@ Choices where the paper is silent (METHODS.md §3.5):
 - the loss compares full-resolution logits with full-resolution labels (the paper downsamples the labels ×8);
 - a base without features (``forward_parts`` default) feeds its score maps to the head instead.
 
+Seen in training (docs/RESULTS.md): on CamVid the learned weights favour scale 1 for thin and distant objects and
+scale 0.5 for the near road, as in the paper; on small synthetic scenes (96x128, where one scale sufficed) the
+energies grew to about ±40 and the softmax saturated onto a single scale for every pixel.
+
 Shapes for a 360x480 input and the FCN-8s ResNet-18 base, S = 3:
     scale 1: scores (B, K, 45, 60), features (B, 512, 12, 15)
     scale 0.75 (270x360): scores (B, K, 34, 45) -> (B, K, 45, 60), features (B, 512, 9, 12) -> (12, 15)
@@ -132,15 +136,10 @@ class AttentionToScale(SegmentationModel):
         was_training = self.base.training
         self.base.eval()
         with torch.no_grad():
-            parts = self.base.forward_parts(torch.zeros(1, self._in_channels(), 65, 65, dtype=p.dtype,
-                                                        device=p.device))
+            parts = self.base.forward_parts(torch.zeros(1, 3, 65, 65, dtype=p.dtype, device=p.device))
         self.base.train(was_training)
         f = parts["features"] if parts.get("features") is not None else parts["scores"]
         return f.shape[1]
-
-    def _in_channels(self) -> int:
-        first = next(m for m in self.base.modules() if isinstance(m, nn.Conv2d))
-        return first.in_channels
 
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         H, W = images.shape[-2:]

@@ -183,3 +183,14 @@ def test_bad_options_fail_clearly():
         create_model("attention_to_scale", 4, base="attention_to_scale")
     assert isinstance(create_model("attention_to_scale", 4, base="deconvnet_vgg16_w025", head_channels=8),
                       AttentionToScale)
+
+
+def test_bases_without_features_and_wrapped_bases():
+    """A base with the default forward_parts (full-resolution logits, no features) feeds its scores to the head;
+    a wrapper (recurrent refinement, whose inner net reads 3 + K channels) works as a base too."""
+    for base in ("rcnn2_fcn8s_resnet18", "farabet"):
+        m = create_model("attention_to_scale", 4, base=base, head_channels=8).eval()
+        with torch.no_grad():
+            out = m(torch.randn(1, 3, 37, 53), return_attention=True)
+        assert out["logits"].shape == (1, 4, 37, 53)
+        torch.testing.assert_close(out["attention"]["scale_weights"].sum(1), torch.ones(1, 37, 53))
