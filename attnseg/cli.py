@@ -149,6 +149,7 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path) -> No
     import torch
     from PIL import Image
 
+    from .models.base import resize_to
     from .viz.overlay import blend_heatmap, overlay, scale_attention_figure
 
     H, W = image.shape[:2]
@@ -158,32 +159,27 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path) -> No
         print(f"  model {meta['model']} returns no attention maps (FCN, DeconvNet and LargeFOV are attention-free "
               "baselines)")
     written = []
-
-    def full(a):  # (h, w) -> (H, W) float numpy
-        return torch.nn.functional.interpolate(a[None, None].float(), size=(H, W), mode="bilinear")[0, 0].cpu()
-
     scales = getattr(model, "scales", None)
     if "scale_weights" in att and "scale_logits" in att:
-        weights = torch.stack([full(w) for w in att.pop("scale_weights")[0]])           # (S, H, W)
+        weights = att.pop("scale_weights")[0].float().cpu().numpy()                    # (S, h, w), resized when drawn
         logits = att.pop("scale_logits")[0].float()                                     # (S, K, h, w)
-        scale_ids = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear").argmax(1).cpu()
+        scale_ids = resize_to(logits, (H, W)).argmax(1).cpu().numpy().astype("uint8")   # (S, H, W)
         scales = scales or list(range(len(weights)))
         for s, w, p in zip(scales, weights, scale_ids):
             path = Path(f"{prefix}_attn_scale_{s:g}.png")
-            Image.fromarray(blend_heatmap(image, w.numpy(), 0.75, vmin=0.0, vmax=1.0)).save(path)
+            Image.fromarray(blend_heatmap(image, w, 0.75, vmin=0.0, vmax=1.0)).save(path)
             path2 = Path(f"{prefix}_pred_scale_{s:g}.png")
-            Image.fromarray(overlay(image, p.numpy().astype("uint8"), spec)).save(path2)
+            Image.fromarray(overlay(image, p, spec)).save(path2)
             written += [path, path2]
         fig = Path(f"{prefix}_scales.png")
-        scale_attention_figure(image, ids, weights.numpy(), scale_ids.numpy().astype("uint8"), spec,
-                               scales).save(fig)
+        scale_attention_figure(image, ids, weights, scale_ids, spec, scales).save(fig)
         written.append(fig)
     for name, a in att.items():
         a = a[0].float()
         while a.dim() > 2:
             a = a.mean(0)
         path = Path(f"{prefix}_attn_{name}.png")
-        Image.fromarray(blend_heatmap(image, full(a).numpy(), 0.6)).save(path)
+        Image.fromarray(blend_heatmap(image, a.cpu().numpy(), 0.6)).save(path)
         written.append(path)
     if written:
         print("  attention: " + ", ".join(str(p) for p in written))

@@ -51,6 +51,7 @@ from scale_synthetic import (  # noqa: E402  (the shared run / reuse helpers)
     run_or_reuse,
     set_threads,
 )
+from scale_synthetic import variant_model as scale_variant_model  # noqa: E402
 
 from attnseg.engine.config import TrainConfig, config_to_dict, load_config, parse_overrides  # noqa: E402
 from attnseg.models import MODELS  # noqa: E402
@@ -62,12 +63,8 @@ KEYS = (*RESUME_KEYS, "base_scale", "test_scale", "eval_mode", "eval_scales", "e
 
 
 def variant_model(variant: str, base: str, scales: tuple) -> tuple[str, dict]:
-    if variant == "single":
-        return base, {}
-    if variant in FUSION_VARIANTS:
-        fusion, esupv = FUSION_VARIANTS[variant]
-        return "attention_to_scale", {"base": base, "scales": list(scales), "fusion": fusion,
-                                      "extra_supervision": esupv}
+    if variant == "single" or variant in FUSION_VARIANTS:
+        return scale_variant_model(variant, base, scales)
     if variant == "farabet":
         return "farabet", {}
     if variant.startswith("refine_n"):

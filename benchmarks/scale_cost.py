@@ -37,7 +37,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale_synthetic import machine_info  # noqa: E402
 
 from attnseg.engine.precision import Precision, resolve_device  # noqa: E402
 from attnseg.losses import segmentation_loss  # noqa: E402
@@ -258,11 +260,7 @@ def main(argv=None):
                   file=sys.stderr, flush=True)
         ratio[base] = ratios(results[base])
     device = resolve_device(args.device)
-    machine = {"cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
-               "torch": torch.__version__, "python": platform.python_version(),
-               "cpu": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(device)
+    machine = {**machine_info(device.type), "torch_threads": args.threads or torch.get_num_threads()}
     doc = {"benchmark": "scale_cost", "input": list(args.size), "batch": 1, "precision": "fp32",
            "channels_last": args.channels_last, "device": str(device), "scales": list(args.scales),
            "num_classes": args.num_classes, "warmup": args.warmup, "repeats": args.repeats,

@@ -156,16 +156,15 @@ class AttentionToScale(SegmentationModel):
         fused = fuse(stack, self.fusion, weights)                                     # (B, K, h, w)
         logits = self.base.upsample_scores(fused, (H, W))                             # (B, K, H, W)
 
-        aux, aux_weights = {}, {}
-        if self.training and self.extra_supervision:
-            for s, sc in zip(self.scales, scores):
-                aux[f"scale_{s:g}"] = self.base.upsample_scores(sc, (H, W))
-                aux_weights[f"scale_{s:g}"] = 1.0
+        esupv = self.training and self.extra_supervision
+        per_scale = [self.base.upsample_scores(sc, (H, W)) for sc in scores] if esupv or return_attention else []
+        aux = {f"scale_{s:g}": p for s, p in zip(self.scales, per_scale)} if esupv else {}
+        aux_weights = dict.fromkeys(aux, 1.0)                                         # E-Supv: equal weights
         attention = None
         if return_attention:
             mode = "nearest" if self.fusion == "max" else "bilinear"  # max: one-hot winners stay one-hot
             attention = {"scale_weights": resize_to(self._display_weights(stack, fused, weights), (H, W), mode),
-                         "scale_logits": torch.stack([self.base.upsample_scores(sc, (H, W)) for sc in scores], 1)}
+                         "scale_logits": torch.stack(per_scale, 1)}                   # (B, S, K, H, W)
         return self.output(logits, aux, attention, return_attention, aux_weights)
 
     def _display_weights(self, stack: torch.Tensor, fused: torch.Tensor, weights: torch.Tensor | None):
