@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow test-all lint bench bench-scale
+.PHONY: install demo test test-slow test-all lint bench bench-scale bench-attention
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -40,3 +40,10 @@ bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale_synthetic.py --threads 1 --prune --out runs/bench/scale_synthetic.json
 	$(BIN)/python benchmarks/scale_camvid.py --threads 1 --iters 250 --set warmup_iters=25 --prune \
 		--out runs/bench/scale_camvid.json
+
+# the issue-4 figures: the attention blocks one by one (~20 min on an idle 2-core machine), then the CamVid table
+# (5 blocks x 2 seeds x 120 steps, ~3 CPU hours: run the two seeds in two shells with --seeds 0 / --seeds 1 to halve it)
+bench-attention: $(STAMP)
+	$(BIN)/python benchmarks/attention_blocks.py --threads 2 --repeats 3 --warmup 1 --out runs/bench/attention_blocks.json
+	$(BIN)/python benchmarks/attention_camvid.py --threads 1 --iters 120 --seeds 0,1 --set warmup_iters=12 --prune \
+		--out runs/bench/attention_camvid.json

@@ -3,7 +3,7 @@
     attnseg demo [--out DIR] [--iters N]
     attnseg train CONFIG [key=value ...]          (also: torchrun --nproc_per_node=N -m attnseg train CONFIG)
     attnseg eval CHECKPOINT --data camvid:PATH [--split val] [--mode whole|slide] [--tta scales=0.75,1,1.25 flip=true]
-    attnseg predict CHECKPOINT IMAGE... --out DIR [--attention]
+    attnseg predict CHECKPOINT IMAGE... --out DIR [--attention [--query Y,X ...]]
     attnseg models
     attnseg data check SPEC [--splits train,val]
 """
@@ -21,6 +21,18 @@ from pathlib import Path
 def _pair(s: str) -> tuple[int, int]:
     parts = [int(v) for v in s.replace("x", ",").split(",")]
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _query(s: str) -> tuple[int, int]:
+    """``--query Y,X``: an image pixel, row then column."""
+    parts = s.replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--query takes Y,X: the pixel's row and column in the full-resolution "
+                                         f"image, two integers such as 180,240; not {s!r}") from None
 
 
 def _parse_tta(items: list[str] | None) -> dict:
@@ -115,7 +127,11 @@ def cmd_predict(args) -> int:
     from .engine.checkpoint import load_model
     from .engine.inference import infer
     from .engine.precision import Precision, resolve_device
+    from .viz.attention_maps import check_query
     from .viz.overlay import overlay, save_label_png
+    queries = getattr(args, "query", None) or []
+    if queries and not args.attention:
+        raise SystemExit("--query picks the pixel whose attention is drawn; add --attention")
     device = resolve_device(args.device)
     prec = Precision.resolve(device, args.precision)
     model, meta = load_model(args.checkpoint, device)
@@ -128,6 +144,8 @@ def cmd_predict(args) -> int:
     from PIL import Image
     for path in args.images:
         image = read_image(path)
+        for q in queries:
+            check_query(q, image.shape[:2])  # before the inference: a wrong query fails fast, with the image size
         x, _ = norm(image, None, None)
         t = time.time()
         with torch.no_grad():
@@ -139,13 +157,20 @@ def cmd_predict(args) -> int:
         print(f"{path}: {ids.shape[1]}x{ids.shape[0]}, {1000 * (time.time() - t):.0f} ms -> "
               f"{out / (stem + '_ids.png')}, {out / (stem + '_overlay.png')}")
         if args.attention:
-            _write_attention(model, meta, prec, x.to(device), image, ids, spec, out / stem)
+            _write_attention(model, meta, prec, x.to(device), image, ids, spec, out / stem, queries,
+                             icfg.test_scale)
     return 0
 
 
-def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path) -> None:
+def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path, queries=(), test_scale: float = 1.0) -> None:
     """Every attention map the model returns, as heat maps over the image; for a multi-scale model also the
-    per-scale weights and predictions side by side (``<stem>_scales.png``, Chen et al. 2016, Fig. 1/5 style)."""
+    per-scale weights and predictions side by side (``<stem>_scales.png``, Chen et al. 2016, Fig. 1/5 style).
+
+    Models whose maps carry a feature ``grid`` (the FLANet family: (B, H'W', h'w') non-local / position maps,
+    criss-cross crosses, C×C channel maps) are drawn per query pixel (y, x): ``<stem>_query_<y>_<x>.png`` (the
+    figure of ``query_attention_figure``) and ``<stem>_attn_<name>_q<y>_<x>.png`` per spatial map; without
+    ``queries`` the image centre is the query. The input is resized by ``test_scale`` first, as for the prediction
+    (a model trained at half resolution attends at half resolution)."""
     import torch
     from PIL import Image
 
@@ -153,8 +178,13 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path) -> No
     from .viz.overlay import blend_heatmap, overlay, scale_attention_figure
 
     H, W = image.shape[:2]
+    xb = x[None]
+    if test_scale != 1.0:
+        size = (max(1, round(H * test_scale)), max(1, round(W * test_scale)))
+        xb = torch.nn.functional.interpolate(xb, size=size, mode="bilinear", align_corners=False,
+                                             antialias=test_scale < 1)
     with torch.no_grad():
-        att = model(prec.images(x[None]), return_attention=True).get("attention", {})
+        att = model(prec.images(xb), return_attention=True).get("attention", {})
     if not att:
         print(f"  model {meta['model']} returns no attention maps (FCN, DeconvNet and LargeFOV are attention-free "
               "baselines)")
@@ -174,6 +204,11 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path) -> No
         fig = Path(f"{prefix}_scales.png")
         scale_attention_figure(image, ids, weights, scale_ids, spec, scales).save(fig)
         written.append(fig)
+    if "grid" in att:
+        written += _write_query_attention(att, image, prefix, queries, meta["model"])
+    elif queries and att:
+        print(f"  --query is for models whose attention maps live on a feature grid (the FLANet family); "
+              f"{meta['model']}'s maps are drawn over the whole image")
     for name, a in att.items():
         a = a[0].float()
         while a.dim() > 2:
@@ -183,6 +218,38 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path) -> No
         written.append(path)
     if written:
         print("  attention: " + ", ".join(str(p) for p in written))
+
+
+def _write_query_attention(att: dict, image, prefix: Path, queries, model_name: str) -> list[Path]:
+    """The FLANet family's maps for each query (see ``_write_attention``); removes the maps it drew from ``att``
+    (and ``grid``), so that the generic per-map loop draws only what is left."""
+    from PIL import Image
+
+    from .viz.attention_maps import QUERY_KEYS, map_name, query_attention_figure, query_attention_maps, query_heatmap
+
+    H, W = image.shape[:2]
+    if set(att) == {"grid"}:
+        att.pop("grid")
+        print(f"  model {model_name} returns no attention maps (its head has no attention block)")
+        return []
+    if not queries:
+        queries = [(H // 2, W // 2)]
+        print(f"  no --query given: drawing the attention of the image centre {queries[0]}; give --query Y,X "
+              "(image pixels, repeatable) for other pixels")
+    written = []
+    for y, x in queries:
+        maps = query_attention_maps(att, (y, x), (H, W))
+        fig = Path(f"{prefix}_query_{y}_{x}.png")
+        query_attention_figure(image, maps, (y, x)).save(fig)
+        written.append(fig)
+        for title, kind, values in maps:
+            if kind == "spatial":
+                path = Path(f"{prefix}_attn_{map_name(title)}_q{y}_{x}.png")
+                Image.fromarray(query_heatmap(image, values, (y, x))).save(path)
+                written.append(path)
+    for name in QUERY_KEYS:
+        att.pop(name, None)
+    return written
 
 
 def cmd_models(args) -> int:
@@ -266,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", required=True)
     pr.add_argument("--attention", action="store_true", help="also write the model's attention maps")
+    pr.add_argument("--query", type=_query, action="append", metavar="Y,X",
+                    help="with --attention, for FLANet-family models: the pixel (row, column of the full-resolution "
+                         "image) whose attention is drawn, <stem>_query_<Y>_<X>.png; repeatable (default: the centre)")
     add_infer_args(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -106,3 +106,35 @@ def test_predict_attention_of_a_multiscale_model(tmp_path, capsys):
     fig = Image.open(out / "in_scales.png")
     assert fig.width >= 2 * image.shape[1] and fig.height >= 3 * image.shape[0]
     assert "attn_scale_0.5" in capsys.readouterr().out
+
+
+def test_predict_attention_of_a_query_pixel(tmp_path, capsys):
+    """Train a tiny criss-cross FLANet-family model 2 steps through the CLI, then predict with --attention and two
+    --query pixels: a figure per query and each spatial map; without --query, the image centre; bad queries fail."""
+    run = tmp_path / "cc"
+    args = [a for a in TRAIN if not a.startswith("model=")]
+    assert main(args + ["model=dilated_resnet18_ccnet", "model_kwargs.channels=16", "model_kwargs.mid_channels=16",
+                        f"run_dir={run}"]) == 0
+    image, _ = build_dataset(DATA, "val").load(0)                     # 32x48: a 4x6 feature grid
+    src = tmp_path / "in.png"
+    Image.fromarray(image).save(src)
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(src), "--out", str(out), "--attention", "--query", "5,7",
+                 "--query", "31,47"]) == 0
+    printed = capsys.readouterr().out
+    for y, x in ((5, 7), (31, 47)):
+        fig = Image.open(out / f"in_query_{y}_{x}.png")
+        assert fig.width >= 3 * image.shape[1] and fig.height >= image.shape[0]   # image, cross, composed
+        for name in ("criss_cross_r1", "criss_cross_composed"):
+            assert np.asarray(Image.open(out / f"in_attn_{name}_q{y}_{x}.png")).shape == image.shape
+        assert f"in_query_{y}_{x}.png" in printed
+    assert not (out / "in_attn_grid.png").exists() and not (out / "in_attn_criss_cross.png").exists()
+
+    assert main(["predict", str(run), str(src), "--out", str(out), "--attention"]) == 0
+    assert "image centre (16, 24)" in capsys.readouterr().out and (out / "in_query_16_24.png").is_file()
+
+    assert main(["predict", str(run), str(src), "--out", str(out), "--attention", "--query", "40,10"]) == 2
+    assert "query (40, 10) is outside the 32x48 image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(run), str(src), "--out", str(out), "--attention", "--query", "5"])
+    assert "--query takes Y,X" in capsys.readouterr().err

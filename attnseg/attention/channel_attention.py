@@ -25,6 +25,11 @@ class ChannelAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     @staticmethod
+    def memory_bytes(batch: int, channels: int, training: bool = True) -> int:
+        """Bytes of the fp32 C×C map (energies and softmax in training)."""
+        return batch * channels * channels * 4 * (2 if training else 1)
+
+    @staticmethod
     def attention(x: torch.Tensor, return_maps: bool = False):
         B, C, H, W = x.shape
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -33,23 +33,46 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def fla_attention(x: torch.Tensor, proj_h: nn.Linear, proj_w: nn.Linear, return_maps: bool = False):
+CHUNK_BYTES = 8 * 2**20  # CPU: energies of this many bytes at a time, so that they stay in the last-level cache
+
+
+def _slice_attention(f: torch.Tensor, p: torch.Tensor, chunk: int, keep_maps: bool):
+    """Channel attention of every slice against its image's prior, ``chunk`` slices at a time.
+
+    f (B, S, C, L) slices, p (B, L, C) priors -> out (B, S, C, L), maps (B, S, C, C) or None.
+    Per slice: E = f_s @ p (C, C) (Eq. energies), A = softmax over the last dim, out_s = A @ f_s."""
+    outs, maps = [], []
+    for fc in f.split(chunk, dim=1):    # (B, k, C, L); the backward of split is one cat (that of slicing would
+        #                                 zero-fill a full-size gradient for every chunk)
+        a = torch.softmax(fc @ p[:, None], dim=-1)             # (B, k, C, L) @ (B, 1, L, C) = (B, k, C, C)
+        outs.append(a @ fc)                                    # (B, k, C, C) @ (B, k, C, L) = (B, k, C, L)
+        if keep_maps:
+            maps.append(a)
+    cat = (lambda t: t[0] if len(t) == 1 else torch.cat(t, 1))
+    return cat(outs), (cat(maps) if keep_maps else None)
+
+
+def fla_attention(x: torch.Tensor, proj_h: nn.Linear, proj_w: nn.Linear, return_maps: bool = False,
+                  chunk_bytes: int | None = None):
     """The attention part of the block: (B, C, H, W) -> Oh + Ow (B, C, H, W) [, (Ah (B, W, C, C), Aw (B, H, C, C))].
 
-    Energies and softmax run in fp32 (also under autocast); the output has x's dtype."""
+    Energies and softmax run in fp32 (also under autocast); the output has x's dtype. On the CPU the slices are
+    processed a few at a time (``chunk_bytes`` of energies, default 8 MiB), which keeps the energies, their softmax
+    and the aggregation in cache and never holds the energies of all slices at once; elsewhere all at once."""
     B, C, H, W = x.shape
     xf = x if x.dtype == torch.float64 else x.float()                       # fp32 (fp64 stays)
     dt = xf.dtype
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES if x.device.type == "cpu" else 2**62
+    chunk = max(1, chunk_bytes // (B * C * C * xf.element_size()))
     with torch.autocast(device_type=x.device.type, enabled=False):
         ph = F.linear(xf.mean(3).transpose(1, 2), proj_h.weight.to(dt), proj_h.bias.to(dt))  # (B, H, C) rows
         pw = F.linear(xf.mean(2).transpose(1, 2), proj_w.weight.to(dt), proj_w.bias.to(dt))  # (B, W, C) cols
-        fh = xf.permute(0, 3, 1, 2)                                             # (B, W, C, H) column slices
-        fw = xf.permute(0, 2, 1, 3)                                             # (B, H, C, W) row slices
-        ah = torch.softmax(fh @ ph[:, None], dim=-1)                            # (B, W, C, C): own image's prior
-        aw = torch.softmax(fw @ pw[:, None], dim=-1)                            # (B, H, C, C)
-        oh = (ah @ fh).permute(0, 2, 3, 1)                                      # (B, W, C, H) -> (B, C, H, W)
-        ow = (aw @ fw).permute(0, 2, 1, 3)                                      # (B, H, C, W) -> (B, C, H, W)
-        out = (oh + ow).to(x.dtype)
+        fh = xf.permute(0, 3, 1, 2).contiguous()                                # (B, W, C, H) column slices
+        fw = xf.permute(0, 2, 1, 3).contiguous()                                # (B, H, C, W) row slices
+        oh, ah = _slice_attention(fh, ph, chunk, return_maps)                   # (B, W, C, H), (B, W, C, C)
+        ow, aw = _slice_attention(fw, pw, chunk, return_maps)                   # (B, H, C, W), (B, H, C, C)
+        out = (oh.permute(0, 2, 3, 1) + ow.permute(0, 2, 1, 3)).to(x.dtype)     # both (B, C, H, W)
     return (out, (ah, aw)) if return_maps else out
 
 
@@ -70,6 +93,12 @@ class FullyAttentionalBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
         self.post = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm(channels),
                                   nn.ReLU(inplace=True))
+
+    def memory_bytes(self, batch: int, height: int, width: int, training: bool = True) -> int:
+        """Bytes of the fp32 (H + W) C×C maps of a (batch, C, height, width) input (energies and softmax in
+        training, one of them in inference)."""
+        C = self.proj_h.in_features
+        return batch * (height + width) * C * C * 4 * (2 if training else 1)
 
     def attention(self, x: torch.Tensor, return_maps: bool = False):
         return fla_attention(x, self.proj_h, self.proj_w, return_maps)

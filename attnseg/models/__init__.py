@@ -13,6 +13,7 @@ from .deconvnet import deconvnet_vgg16
 from .deeplab_largefov import deeplab_largefov_vgg16
 from .farabet import farabet
 from .fcn import fcn_resnet, fcn_vgg16
+from .flanet import flanet
 from .recurrent_refinement import recurrent_refinement
 
 MODELS = {
@@ -35,7 +36,13 @@ MODELS = {
     "rcnn3_fcn8s_resnet18": partial(recurrent_refinement, passes=3),
     "attention_to_scale": attention_to_scale,
     "attention_to_scale_largefov": partial(attention_to_scale, base="deeplab_largefov_vgg16"),
+    "flanet": flanet,
 }
+# FLANet at the three depths of the issue, and its peers: the same network with another block in the head
+for _d in (18, 50, 101):
+    MODELS[f"flanet_resnet{_d}"] = partial(flanet, depth=_d, attention="fla")
+    for _b in ("none", "nonlocal", "danet", "ccnet", "channel"):
+        MODELS[f"dilated_resnet{_d}_{_b}"] = partial(flanet, depth=_d, attention=_b)
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> SegmentationModel:

@@ -77,11 +77,17 @@ class ResNet(nn.Module):
         output_stride: 32 (plain), 16 (layer4 dilated 2) or 8 (layer3 dilated 2, layer4 dilated 4).
         in_channels: input channels.
         zero_init_residual: zero the last BN gamma of each block (helps from-scratch training).
+        deep_stem: replace the 7x7 stem conv by three 3x3 convs (3->64 s2, 64->64, 64->128; "ResNet-C" of Bag of
+            Tricks, used by PSPNet/CCNet/FLANet). ``conv1`` is then a Sequential whose indices 0, 1, 3, 4, 6 are
+            the convs and BNs, and ``bn1`` normalises 128 channels, as in FLANet's ``resnet101-deep.pth``.
+        full_dilation: the first block of a dilated stage uses the stage's whole dilation (FLANet/CCNet code);
+            by default it uses half of it (DeepLab).
     forward(x) returns {'stem': s4, 'layer1': s4, 'layer2': s8, 'layer3': s16|8, 'layer4': s32|16|8}.
     """
 
     def __init__(self, depth: int = 18, output_stride: int = 32, in_channels: int = 3,
-                 zero_init_residual: bool = True, norm=nn.BatchNorm2d):
+                 zero_init_residual: bool = True, norm=nn.BatchNorm2d, deep_stem: bool = False,
+                 full_dilation: bool = False):
         super().__init__()
         name = f"resnet{depth}"
         if name not in SPECS:
@@ -92,15 +98,21 @@ class ResNet(nn.Module):
         self.depth, self.output_stride = depth, output_stride
         strides = {32: (1, 2, 2, 2), 16: (1, 2, 2, 1), 8: (1, 2, 1, 1)}[output_stride]
         dilations = {32: (1, 1, 1, 1), 16: (1, 1, 1, 2), 8: (1, 1, 2, 4)}[output_stride]
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = norm(64)
+        self.full_dilation = full_dilation
+        stem = 128 if deep_stem else 64
+        if deep_stem:
+            self.conv1 = nn.Sequential(conv3x3(in_channels, 64, 2), norm(64), nn.ReLU(inplace=True),
+                                       conv3x3(64, 64), norm(64), nn.ReLU(inplace=True), conv3x3(64, 128))
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = norm(stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.inplanes = 64
+        self.inplanes = stem
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, n, strides[i], dilations[i], norm))
         e = block.expansion
-        self.out_channels = {"stem": 64, "layer1": 64 * e, "layer2": 128 * e, "layer3": 256 * e, "layer4": 512 * e}
+        self.out_channels = {"stem": stem, "layer1": 64 * e, "layer2": 128 * e, "layer3": 256 * e, "layer4": 512 * e}
         s3 = 16 if output_stride >= 16 else 8
         self.out_strides = {"stem": 4, "layer1": 4, "layer2": 8, "layer3": s3, "layer4": output_stride}
         self.out_origins = {k: 0.0 for k in self.out_strides}  # feature i sits at input pixel stride * i
@@ -123,7 +135,7 @@ class ResNet(nn.Module):
             downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                                        norm(planes * block.expansion))
         # the first block of a dilated stage uses half the dilation (DeepLab's multi-grid-free convention)
-        first_dilation = max(1, dilation // 2) if dilation > 1 else 1
+        first_dilation = dilation if self.full_dilation else max(1, dilation // 2)
         blocks = [block(self.inplanes, planes, stride, first_dilation, downsample, norm)]
         self.inplanes = planes * block.expansion
         blocks += [block(self.inplanes, planes, 1, dilation, None, norm) for _ in range(1, n)]

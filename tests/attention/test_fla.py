@@ -83,3 +83,20 @@ def test_bf16_autocast_is_finite_and_computes_in_fp32():
         y.float().sum().backward()
     assert torch.isfinite(y.float()).all() and att["fla_row"].dtype == torch.float32
     assert torch.isfinite(blk.proj_h.weight.grad).all() and blk.gamma.grad is not None
+
+
+def test_chunked_slices_equal_all_at_once():
+    """The CPU path processes a few slices at a time; any chunk size gives the same output, maps and gradients."""
+    torch.manual_seed(0)
+    blk = FullyAttentionalBlock(6).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    per_slice = 2 * 6 * 6 * 8  # bytes of one slice's energies for the batch
+    ref, (ah, aw) = fla_attention(x, blk.proj_h, blk.proj_w, return_maps=True, chunk_bytes=2**40)
+    for chunk in (1, 2, 3):
+        out, (ah2, aw2) = fla_attention(x, blk.proj_h, blk.proj_w, return_maps=True, chunk_bytes=chunk * per_slice)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(ah2, ah)
+        torch.testing.assert_close(aw2, aw)
+    xs = x[:, :, :3, :4].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: fla_attention(t, blk.proj_h, blk.proj_w, chunk_bytes=2 * per_slice),
+                                    (xs,))

@@ -70,3 +70,16 @@ def test_bf16_autocast_finite_with_fp32_maps():
             y, att = blk(x, return_attention=True)
         assert torch.isfinite(y.float()).all()
         assert next(iter(att.values())).dtype == torch.float32
+
+
+def test_nonlocal_value_channels():
+    torch.manual_seed(0)
+    blk = NonLocalBlock(6, 3, value_channels=6).double().eval()
+    x = torch.randn(1, 6, 4, 5, dtype=torch.float64)
+    q = torch.einsum("oc,bchw->bohw", blk.theta.weight[:, :, 0, 0], x) + blk.theta.bias[:, None, None]
+    k = torch.einsum("oc,bchw->bohw", blk.phi.weight[:, :, 0, 0], x) + blk.phi.bias[:, None, None]
+    v = torch.einsum("oc,bchw->bohw", blk.g.weight[:, :, 0, 0], x) + blk.g.bias[:, None, None]
+    a = torch.softmax(q.flatten(2).transpose(1, 2) @ k.flatten(2), -1)  # (1, HW, HW)
+    ref = (v.flatten(2) @ a.transpose(1, 2)).reshape(1, 6, 4, 5)
+    torch.testing.assert_close(blk.attention(x), ref)
+    assert blk.out[0].in_channels == 6
