@@ -46,26 +46,23 @@ this one; the memory figures then interfere):
     every CPU tensor allocation and free (+/- bytes); the figure is the peak of their running sum in time order
     (``allocated_peak_bytes``). It does not see memory that oneDNN or the C allocator hold outside tensors.
   - ``rss_peak_fwd_bwd_MiB`` on CPU: the OS's view, with ``scale_cost.Meter`` (the method of
-    benchmarks/scale_cost.py) but reading the peak RSS from ``VmHWM`` in /proc/self/status rather than
-    ``ru_maxrss`` (a child's ru_maxrss starts at its parent's RSS at the fork, ~0.5 GB here, and the reset does not
-    lower it, so smaller peaks read as 0; ru_maxrss is the fallback without /proc): the increase of the process's
-    peak resident set size over the timed forward+backward steps, read after them minus the same read just before
-    them, the high-water mark first reset to the current RSS (``echo 5 > /proc/self/clear_refs``, Linux;
-    ``peak_reset: false`` in a row where that was refused, and the figure is then over the process's earlier peak,
-    an under-estimate). One step on a 2x2 input runs before the reset (it pages in the kernels' code, starts
-    autograd's and oneDNN's machinery), and nothing else runs before it: memory the C allocator kept from an
-    earlier step is reused without raising the peak, hence the fresh process per configuration. The figure
-    includes the allocator's slack, oneDNN's buffers and first-use costs of the shapes, and misses what the C
-    allocator kept from construction and the 2x2 step: on small configurations it reads ~10-20 MiB above
-    ``peak_fwd_bwd_MiB`` (fla_block, C=128, B=2, 33x33: 48 vs 30 MiB); on large ones the two agree (non-local
+    benchmarks/scale_cost.py, which reads the peak RSS from ``VmHWM`` in /proc/self/status, else ``ru_maxrss``): the
+    increase of the process's peak resident set size over the timed forward+backward steps, read after them minus the
+    same read just before them, the high-water mark first reset to the current RSS (``echo 5 >
+    /proc/self/clear_refs``, Linux; ``peak_reset: false`` in a row where that was refused, and the figure is then
+    over the process's earlier peak, an under-estimate). One step on a 2x2 input runs before the reset (it pages in
+    the kernels' code, starts autograd's and oneDNN's machinery), and nothing else runs before it: memory the C
+    allocator kept from an earlier step is reused without raising the peak, hence the fresh process per
+    configuration. The figure includes the allocator's slack, oneDNN's buffers and first-use costs of the shapes, and
+    misses what the C allocator kept from construction and the 2x2 step: on small configurations it reads ~10-20 MiB
+    above ``peak_fwd_bwd_MiB`` (fla_block, C=128, B=2, 33x33: 48 vs 30 MiB); on large ones the two agree (non-local
     attention, C=8, B=1, 97x97: 1015 vs 1013 MiB).
   - CUDA (``peak_fwd_bwd_MiB``): ``torch.cuda.max_memory_allocated()`` over the timed steps minus
     ``torch.cuda.memory_allocated()`` before them (after ``reset_peak_memory_stats``), also with ``scale_cost.Meter``.
   Beside it, ``memory_estimate_MiB``: the blocks' own estimate of their attention maps in training (fp32
   energies + softmax): ``attention_memory_bytes`` (non-local), ``PositionAttention.memory_bytes``,
-  ``DANetBlock.memory_bytes``, ``CrissCrossAttention.memory_bytes``; for the FLA and CAM, which have no such
-  function, this script's B (H + W) C^2 x 4 B x 2 and B C^2 x 4 B x 2 (the CAM term of ``DANetBlock.memory_bytes``).
-  It counts the attention maps only, not the activations of the convolutions or the gradients.
+  ``DANetBlock.memory_bytes``, ``CrissCrossAttention.memory_bytes``, ``FullyAttentionalBlock.memory_bytes``
+  (B (H + W) C^2 x 4 B x 2) and ``ChannelAttention.memory_bytes`` (B C^2 x 4 B x 2). It counts the attention maps only, not the activations of the convolutions or the gradients.
 
 Theoretical cost (``block_macs``): matmuls and convolutions only (no softmax, BN, pooling, means, elementwise
 ops), a multiply-add = 2 FLOPs; forward+backward = 3x the forward (backward = 2 matmuls per forward matmul; both
@@ -260,34 +257,6 @@ def output_shape(name: str, inputs: list[torch.Tensor]) -> torch.Size:
     return inputs[2].shape if name == "nonlocal_attention" else inputs[0].shape
 
 
-def hwm_bytes() -> int | None:
-    """This process's peak RSS, ``VmHWM`` of /proc/self/status (reset by ``scale_cost.reset_rss_peak``); None
-    without /proc."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-class Meter(scale_cost.Meter):
-    """``scale_cost.Meter`` with the CPU peak read from ``VmHWM`` instead of ``ru_maxrss``: a child process's
-    ru_maxrss starts at its parent's RSS at the fork (Linux keeps the pre-exec high-water mark, which clear_refs
-    does not reset), so any peak below the parent's RSS would read as 0. ru_maxrss where /proc is absent."""
-
-    def start_memory(self) -> int:
-        start = super().start_memory()
-        hwm = None if self.cuda else hwm_bytes()
-        self.use_hwm = hwm is not None
-        return hwm if self.use_hwm else start
-
-    def peak_increase(self, start: int) -> int:
-        return hwm_bytes() - start if self.use_hwm else super().peak_increase(start)
-
-
 @contextlib.contextmanager
 def quiet_stderr():
     """File descriptor 2 to /dev/null (the profiler's start / stop lines)."""
@@ -337,7 +306,7 @@ def measure(args, name: str, size: tuple[int, int]) -> dict:
     # reset (the C allocator would keep what it frees and the measured steps reuse it without raising the RSS)
     g = torch.randn(output_shape(name, inputs), generator=torch.Generator().manual_seed(1)).to(device)
     est, est_source = memory_estimate(name, module, args.batch, args.channels, H, W)
-    meter = Meter(device)
+    meter = scale_cost.Meter(device)
 
     module.train()
     for t in inputs:
@@ -415,7 +384,7 @@ def matmul_times(args, device: torch.device) -> list[float]:
         with prec.autocast():
             a @ b
 
-    return Meter(device).median_seconds(mm, args.warmup, args.repeats)[1]
+    return scale_cost.Meter(device).median_seconds(mm, args.warmup, args.repeats)[1]
 
 
 def add_rates(row: dict, name: str, B: int, C: int, H: int, W: int, matmul_gflops: float,

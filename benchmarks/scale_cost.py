@@ -15,8 +15,8 @@ process (so that no allocator cache, oneDNN primitive cache or peak counter of a
 - peak memory of the forward:
   - CUDA: ``torch.cuda.max_memory_allocated()`` over the forwards minus ``torch.cuda.memory_allocated()`` before
     them (weights and input excluded: the activations and workspaces the forward needs);
-  - CPU: the increase of the process's peak resident set size, ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
-    read after the forwards minus the same read after model construction (with the input allocated). ru_maxrss is
+  - CPU: the increase of the process's peak resident set size (``VmHWM`` of /proc/self/status, else ru_maxrss)
+    read after the forwards minus the same read after model construction (with the input allocated). It is
     a high-water mark, and construction peaks above its steady state (initialisation temporaries, the attention
     model's dry run), which would hide part of the forward's memory; so on Linux the high-water mark is first
     reset to the current RSS (``echo 5 > /proc/self/clear_refs``) and the figure is the forward's peak over the
@@ -60,14 +60,23 @@ FUSIONS = ("single", "avg", "max", "attention")
 TARGET = 2.0
 MEMORY_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated() during the forwards minus memory_allocated() before them",
-    "cpu": "ru_maxrss (peak RSS) after the forwards minus ru_maxrss after model construction, with the peak reset to "
-           "the current RSS after construction (/proc/self/clear_refs) where Linux allows; fresh process per "
-           "configuration",
+    "cpu": "peak RSS (VmHWM, else ru_maxrss) after the forwards minus the same after model construction, with the "
+           "peak reset to the current RSS after construction (/proc/self/clear_refs) where Linux allows; fresh "
+           "process per configuration",
 }
 
 
 def rss_peak_bytes() -> int:
-    """The process's peak resident set size so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """The process's peak resident set size so far: ``VmHWM`` of /proc/self/status where there is one (Linux), else
+    ru_maxrss (KiB on Linux, bytes on macOS). Not ru_maxrss first: a child process's ru_maxrss starts at its
+    parent's RSS at the fork, which the clear_refs reset does not lower, so a smaller peak would read as 0."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 CHUNK_BYTES = 8 * 2**20  # CPU: energies of this many bytes at a time, so that they stay in the last-level cache
 
 
