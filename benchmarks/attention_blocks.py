@@ -62,7 +62,8 @@ this one; the memory figures then interfere):
   Beside it, ``memory_estimate_MiB``: the blocks' own estimate of their attention maps in training (fp32
   energies + softmax): ``attention_memory_bytes`` (non-local), ``PositionAttention.memory_bytes``,
   ``DANetBlock.memory_bytes``, ``CrissCrossAttention.memory_bytes``, ``FullyAttentionalBlock.memory_bytes``
-  (B (H + W) C^2 x 4 B x 2) and ``ChannelAttention.memory_bytes`` (B C^2 x 4 B x 2). It counts the attention maps only, not the activations of the convolutions or the gradients.
+  (B (H + W) C^2 x 4 B x 2) and ``ChannelAttention.memory_bytes`` (B C^2 x 4 B x 2). It counts the attention maps
+  only, not the activations of the convolutions or the gradients.
 
 Theoretical cost (``block_macs``): matmuls and convolutions only (no softmax, BN, pooling, means, elementwise
 ops), a multiply-add = 2 FLOPs; forward+backward = 3x the forward (backward = 2 matmuls per forward matmul; both
@@ -88,7 +89,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -364,11 +364,7 @@ def child_argv(args, name: str, size: tuple[int, int]) -> list[str]:
 def run_config(args, name: str, size: tuple[int, int]) -> dict:
     if args.in_process:
         return measure(args, name, size)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(child_argv(args, name, size), stdout=subprocess.PIPE, text=True, env=env)
-    if proc.returncode != 0:
-        return {"error": f"the measuring process exited with {proc.returncode} (its stderr is above)"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return scale_cost.run_child(child_argv(args, name, size))
 
 
 # --------------------------------------------------------------------------------------------- matmul, ratios

@@ -198,14 +198,20 @@ def child_argv(args, base: str, fusion: str) -> list[str]:
     return argv
 
 
-def run_config(args, base: str, fusion: str) -> dict:
-    if args.in_process:
-        return measure(args, base, fusion)
+def run_child(argv: list[str]) -> dict:
+    """Run a measuring child process (``argv``) with the repository on its path; its last stdout line is the JSON
+    row, or the row is ``{"error": ...}`` when it failed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(child_argv(args, base, fusion), stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
         return {"error": f"the measuring process exited with {proc.returncode} (its stderr is above)"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_config(args, base: str, fusion: str) -> dict:
+    if args.in_process:
+        return measure(args, base, fusion)
+    return run_child(child_argv(args, base, fusion))
 
 
 def ratios(rows: dict) -> dict:

@@ -108,3 +108,15 @@ def test_attention_memory_estimate_equals_the_maps_returned(attention):
     assert m.attention_memory_bytes(2, *size, training=False) == 4 * returned
     if attention != "none":
         assert m.attention_memory_bytes(2, *size, training=True) >= 2 * 4 * returned
+
+
+@pytest.mark.parametrize("attention", ["fla", "ccnet", "danet"])
+def test_bf16_autocast_finite(attention):
+    m = small(attention).eval()
+    for blk in m.block.modules():
+        if hasattr(blk, "gamma"):
+            blk.gamma.data.fill_(1.0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(1, 3, 35, 43) * 3, return_attention=True)
+    assert torch.isfinite(out["logits"].float()).all()
+    assert all(a.dtype == torch.float32 for k, a in out["attention"].items() if k != "grid")
