@@ -1,0 +1,96 @@
+"""Local attention masks from per-pixel embeddings (segmentation-aware networks).
+
+Harley, Derpanis, Kokkinos, "Segmentation-Aware Convolutional Networks Using Local Attention Masks", ICCV 2017,
+https://arxiv.org/abs/1708.04607. Official code (Caffe): https://github.com/aharley/segaware (``im2dist`` layer;
+the masks of ``config/vgg/train.prototxt``: Scale -> AbsVal -> Exp(-1)).
+
+For every pixel i and every neighbour j of a k×k window with dilation d ("same" padding, raster order of the
+window, the centre included):
+
+    d_ij = sum_c |e_i^c - e_j^c|            L1 (the code's default), or ½‖e_i - e_j‖² ("l2", the code's L2 option)
+    m_ij = exp(-|λ| d_ij)                    Eq. 3; λ learned per layer, initialised to 0.05 (the code)
+
+Options (METHODS.md §1.5): ``remove_center`` (m_ii = 0), ``remove_bounds`` (m = 0 for neighbours outside the image;
+otherwise their distance is 0 as in the code, where im2col's zero padding then silences them in a convolution),
+``normalize`` (divide by the window's sum, the NormConv form).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def window_offsets(kernel_size: int, dilation: int = 1) -> list[tuple[int, int]]:
+    """(dy, dx) of the k×k window's taps in raster order, relative to the centre."""
+    if kernel_size % 2 != 1:
+        raise ValueError(f"the window must have an odd size (a centre pixel), not {kernel_size}")
+    r = kernel_size // 2
+    return [(dilation * (i - r), dilation * (j - r)) for i in range(kernel_size) for j in range(kernel_size)]
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x[..., i + dy, j + dx] for every (i, j), zero outside the image: (B, C, H, W) -> (B, C, H, W)."""
+    H, W = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    if p == 0:
+        return x
+    xp = F.pad(x, (p, p, p, p))
+    return xp[..., p + dy:p + dy + H, p + dx:p + dx + W]
+
+
+def inside(height: int, width: int, kernel_size: int, dilation: int = 1, device=None) -> torch.Tensor:
+    """(1, k², H, W) bool: the window tap lies inside the image."""
+    ones = torch.ones(1, 1, height, width, device=device)
+    return torch.cat([shifted(ones, dy, dx) for dy, dx in window_offsets(kernel_size, dilation)], 1) > 0
+
+
+def window_distances(e: torch.Tensor, kernel_size: int, dilation: int = 1, distance: str = "l1") -> torch.Tensor:
+    """(B, D, H, W) embedding -> (B, k², H, W) distances from each pixel to its window's taps (0 outside the
+    image). Computed one tap at a time: never a (B, D·k², H, W) unfolded tensor."""
+    if distance not in ("l1", "l2"):
+        raise ValueError(f"distance must be 'l1' or 'l2' (½ squared L2), not {distance!r}")
+    H, W = e.shape[-2:]
+    out = []
+    valid = inside(H, W, kernel_size, dilation, e.device)
+    for t, (dy, dx) in enumerate(window_offsets(kernel_size, dilation)):
+        diff = e - shifted(e, dy, dx)                                     # (B, D, H, W)
+        d = diff.abs().sum(1) if distance == "l1" else 0.5 * diff.pow(2).sum(1)   # (B, H, W)
+        out.append(d * valid[:, t])                                       # outside the image: 0 (the code's)
+    return torch.stack(out, 1)
+
+
+class LocalAttentionMask(nn.Module):
+    """``forward(e (B, D, H, W))`` -> m (B, k², H, W), the local attention mask of every pixel's window.
+
+    Args:
+        kernel_size, dilation: the window (that of the convolution it gates).
+        distance: "l1" or "l2" (½ squared L2).
+        init_lambda: λ's initial value (0.05); ``learn_lambda`` makes it a parameter (one per layer).
+        remove_center, remove_bounds, normalize: see the module docstring.
+    """
+
+    def __init__(self, kernel_size: int = 3, dilation: int = 1, distance: str = "l1", init_lambda: float = 0.05,
+                 learn_lambda: bool = True, remove_center: bool = False, remove_bounds: bool = False,
+                 normalize: bool = False, eps: float = 1e-6):
+        super().__init__()
+        window_offsets(kernel_size, dilation)  # checks the size
+        lam = torch.tensor(float(init_lambda))
+        self.lam = nn.Parameter(lam) if learn_lambda else nn.Buffer(lam)
+        self.kernel_size, self.dilation, self.distance = kernel_size, dilation, distance
+        self.remove_center, self.remove_bounds, self.normalize, self.eps = remove_center, remove_bounds, normalize, eps
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        d = window_distances(e, self.kernel_size, self.dilation, self.distance)   # (B, k², H, W)
+        m = torch.exp(-self.lam.abs() * d)                                        # Eq. 3
+        keep = torch.ones_like(m[:1], dtype=torch.bool)
+        if self.remove_bounds:
+            keep = keep & inside(*e.shape[-2:], self.kernel_size, self.dilation, e.device)
+        if self.remove_center:
+            keep = keep.clone()
+            keep[:, self.kernel_size ** 2 // 2] = False
+        m = m * keep
+        if self.normalize:
+            m = m / (m.sum(1, keepdim=True) + self.eps)
+        return m
