@@ -20,17 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .local_attention_mask import shifted, window_offsets
+from .local_attention_mask import window_offsets
 
 
 class _SegAwareConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, m, weight, bias, dilation: int, normalize: bool, eps: float):
         O, C, kh, kw = weight.shape
-        offsets = window_offsets(kh, dilation)
+        H, W = x.shape[-2:]
+        p = dilation * (kh // 2)
+        xp = F.pad(x, (p, p, p, p))                                      # padded once; every tap is a view
         y = None
-        for t, (dy, dx) in enumerate(offsets):
-            xs = shifted(x, dy, dx) * m[:, t:t + 1]                      # (B, C, H, W): tap t, masked
+        for t, (dy, dx) in enumerate(window_offsets(kh, dilation)):
+            xs = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W] * m[:, t:t + 1]   # (B, C, H, W): tap t, masked
             z = F.conv2d(xs, weight[:, :, t // kw, t % kw, None, None])   # (B, O, H, W)
             y = z if y is None else y + z
         s = m.sum(1, keepdim=True) + eps if normalize else None          # (B, 1, H, W)
@@ -44,19 +46,23 @@ class _SegAwareConv(torch.autograd.Function):
     def backward(ctx, g):
         x, m, weight, y, s = ctx.saved_tensors
         O, C, kh, kw = weight.shape
+        H, W = x.shape[-2:]
+        p = ctx.dilation * (kh // 2)
+        xp = F.pad(x, (p, p, p, p))
         gz = g / s if ctx.normalize else g                                # (B, O, H, W)
-        gx, gm, gw = torch.zeros_like(x), torch.empty_like(m), torch.empty_like(weight)
+        gxp, gm, gw = torch.zeros_like(xp), torch.empty_like(m), torch.empty_like(weight)
         for t, (dy, dx) in enumerate(window_offsets(kh, ctx.dilation)):
-            xs = shifted(x, dy, dx)                                       # (B, C, H, W), recomputed
+            xs = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W]           # (B, C, H, W): tap t (a view)
             mt = m[:, t:t + 1]
             wt = weight[:, :, t // kw, t % kw]                            # (O, C)
             gw[:, :, t // kw, t % kw] = torch.einsum("bohw,bchw->oc", gz, xs * mt)
             back = torch.einsum("oc,bohw->bchw", wt, gz)                  # (B, C, H, W): dL/d(masked tap)
             gm[:, t] = (back * xs).sum(1)
-            gx += shifted(back * mt, -dy, -dx)                            # the tap read x at +(dy, dx)
+            gxp[:, :, p + dy:p + dy + H, p + dx:p + dx + W] += back * mt   # the tap read x at +(dy, dx)
         if ctx.normalize:                                                 # y = z / s, s = sum_k m_k + eps
             gm -= (g * y).sum(1, keepdim=True) / s
         gb = g.sum((0, 2, 3)) if ctx.has_bias else None
+        gx = gxp[:, :, p:p + H, p:p + W]
         return gx, gm, gw, gb, None, None, None
 
 
