@@ -1,0 +1,50 @@
+import torch
+
+from attnseg.nn.segaware_crf import SegAwareCRF, pixel_coordinates
+
+
+def small_crf(k=3, **kw):
+    return SegAwareCRF(k, spatial_window=3, bilateral_window=3, bilateral_dilation=2, **kw).double()
+
+
+def test_identity_settings_and_shapes():
+    torch.manual_seed(0)
+    u = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    e = torch.randn(2, 4, 9, 11, dtype=torch.float64)
+    assert torch.equal(small_crf(iterations=0)(u, e), u)
+    crf = small_crf()
+    with torch.no_grad():
+        crf.w_spatial.weight.zero_()
+        crf.w_bilateral.weight.zero_()
+    torch.testing.assert_close(crf(u, e), u)  # no messages: the unaries
+    out = SegAwareCRF(3)(u.float(), e.float())  # the released model's windows, 5x5 and 13x13 at dilation 9
+    assert out.shape == u.shape and torch.isfinite(out).all()
+    assert pixel_coordinates(1, 2, 3)[0, :, 1, 2].tolist() == [1, 2]
+
+
+def test_smooths_noise_inside_a_segment_and_keeps_the_edge():
+    torch.manual_seed(1)
+    H, W = 12, 12
+    truth = torch.zeros(H, W, dtype=torch.long)
+    truth[:, 6:] = 1
+    u = 2.0 * torch.nn.functional.one_hot(truth, 2).permute(2, 0, 1)[None].double()
+    noisy = u + 2.5 * torch.randn_like(u)
+    e = truth[None, None].double() * 0.1                        # the embedding separates the two segments
+    crf = SegAwareCRF(2, iterations=2, spatial_window=3, bilateral_window=5, bilateral_dilation=1).double()
+    with torch.no_grad():
+        crf.w_spatial.weight.mul_(2.0)
+        crf.w_bilateral.weight.mul_(6.0)
+    before = (noisy.argmax(1)[0] != truth).sum()
+    after = (crf(noisy, e).argmax(1)[0] != truth).sum()
+    assert after < before
+
+
+def test_gradcheck_end_to_end():
+    torch.manual_seed(2)
+    crf = small_crf(k=2)
+    u = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True) * 0.01
+    e = e.detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: crf(a, b), (u, e))
+    crf(u, e).sum().backward()
+    assert crf.compat.weight.grad is not None
