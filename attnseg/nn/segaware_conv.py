@@ -30,11 +30,11 @@ class _SegAwareConv(torch.autograd.Function):
         H, W = x.shape[-2:]
         p = dilation * (kh // 2)
         xp = F.pad(x, (p, p, p, p))                                      # padded once; every tap is a view
-        y = None
+        y = x.new_zeros(x.shape[0], O, H, W)
         for t, (dy, dx) in enumerate(window_offsets(kh, dilation)):
-            xs = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W] * m[:, t:t + 1]   # (B, C, H, W): tap t, masked
-            z = F.conv2d(xs, weight[:, :, t // kw, t % kw, None, None])   # (B, O, H, W)
-            y = z if y is None else y + z
+            xs = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W]          # (B, C, H, W): tap t (a view)
+            # the mask is one number per output pixel and tap, so W_t (x_t m_t) = (W_t x_t) m_t: no masked copy
+            y.addcmul_(F.conv2d(xs, weight[:, :, t // kw, t % kw, None, None]), m[:, t:t + 1])   # (B, O, H, W)
         s = m.sum(1, keepdim=True) + eps if normalize else None          # (B, 1, H, W)
         if normalize:
             y = y / s
@@ -55,10 +55,10 @@ class _SegAwareConv(torch.autograd.Function):
             xs = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W]           # (B, C, H, W): tap t (a view)
             mt = m[:, t:t + 1]
             wt = weight[:, :, t // kw, t % kw]                            # (O, C)
-            gw[:, :, t // kw, t % kw] = torch.einsum("bohw,bchw->oc", gz, xs * mt)
+            gw[:, :, t // kw, t % kw] = torch.einsum("bohw,bchw->oc", gz * mt, xs)
             back = torch.einsum("oc,bohw->bchw", wt, gz)                  # (B, C, H, W): dL/d(masked tap)
-            gm[:, t] = (back * xs).sum(1)
-            gxp[:, :, p + dy:p + dy + H, p + dx:p + dx + W] += back * mt   # the tap read x at +(dy, dx)
+            gm[:, t] = torch.einsum("bchw,bchw->bhw", back, xs)
+            gxp[:, :, p + dy:p + dy + H, p + dx:p + dx + W].addcmul_(back, mt)   # the tap read x at +(dy, dx)
         if ctx.normalize:                                                 # y = z / s, s = sum_k m_k + eps
             gm -= (g * y).sum(1, keepdim=True) / s
         gb = g.sum((0, 2, 3)) if ctx.has_bias else None
