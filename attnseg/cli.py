@@ -174,17 +174,13 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path, queri
     import torch
     from PIL import Image
 
+    from .engine.inference import rescale
     from .models.base import resize_to
     from .viz.overlay import blend_heatmap, overlay, scale_attention_figure
 
     H, W = image.shape[:2]
-    xb = x[None]
-    if test_scale != 1.0:
-        size = (max(1, round(H * test_scale)), max(1, round(W * test_scale)))
-        xb = torch.nn.functional.interpolate(xb, size=size, mode="bilinear", align_corners=False,
-                                             antialias=test_scale < 1)
     with torch.no_grad():
-        att = model(prec.images(xb), return_attention=True).get("attention", {})
+        att = model(prec.images(rescale(x[None], test_scale)), return_attention=True).get("attention", {})
     if not att:
         print(f"  model {meta['model']} returns no attention maps (FCN, DeconvNet and LargeFOV are attention-free "
               "baselines)")

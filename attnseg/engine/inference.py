@@ -77,6 +77,15 @@ def slide_logits(model, x: torch.Tensor, crop, stride, num_classes: int, autocas
     return (out / count)[..., :H, :W]
 
 
+def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, C, H, W) resized by ``scale`` (bilinear; antialiased when shrinking, like the PIL resize of training)."""
+    if scale == 1.0:
+        return images
+    H, W = images.shape[-2:]
+    size = (max(1, round(H * scale)), max(1, round(W * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+
+
 @torch.no_grad()
 def infer(model, images: torch.Tensor, cfg: InferenceConfig, num_classes: int, autocast=None,
           channels_last: bool = False) -> torch.Tensor:
@@ -87,11 +96,7 @@ def infer(model, images: torch.Tensor, cfg: InferenceConfig, num_classes: int, a
     views = [(s * cfg.test_scale, f) for s in cfg.scales for f in ((False, True) if cfg.flip else (False,))]
     total = None
     for scale, flip in views:
-        x = images.flip(-1) if flip else images
-        if scale != 1.0:
-            size = (max(1, round(H * scale)), max(1, round(W * scale)))
-            # antialiased when shrinking, like the PIL resize of the training pipeline
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        x = rescale(images.flip(-1) if flip else images, scale)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if cfg.mode == "whole":

@@ -20,20 +20,9 @@ gradient the code's backward actually applies (its reported value is the plain h
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .local_attention_mask import window_distances, window_offsets
-
-
-def shifted_labels(labels: torch.Tensor, dy: int, dx: int, fill: int) -> torch.Tensor:
-    """labels[b, i + dy, j + dx], ``fill`` outside the image: (B, H, W) -> (B, H, W)."""
-    p = max(abs(dy), abs(dx))
-    if p == 0:
-        return labels
-    H, W = labels.shape[-2:]
-    lp = F.pad(labels, (p, p, p, p), value=fill)
-    return lp[:, p + dy:p + dy + H, p + dx:p + dx + W]
+from .local_attention_mask import shifted, window_distances, window_offsets
 
 
 def embedding_loss(e: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, beta: float = 2.0,
@@ -51,7 +40,7 @@ def embedding_loss(e: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, be
         for t, (dy, dx) in enumerate(window_offsets(3, dil)):
             if (dy, dx) == (0, 0):
                 continue
-            other = shifted_labels(labels, dy, dx, ignore_index)                # outside: ignored
+            other = shifted(labels, dy, dx, fill=ignore_index)                # outside: ignored
             valid = own_valid & (other != ignore_index)
             same = labels == other
             hinge = torch.where(same, (d[:, t] - alpha).clamp_min(0), (beta - d[:, t]).clamp_min(0))
@@ -76,4 +65,4 @@ class EmbeddingLoss(nn.Module):
         return embedding_loss(e, labels, self.alpha, self.beta, self.dilations, self.ignore_index, self.squared)
 
 
-__all__ = ["embedding_loss", "EmbeddingLoss", "shifted_labels"]
+__all__ = ["embedding_loss", "EmbeddingLoss"]

@@ -30,13 +30,13 @@ def window_offsets(kernel_size: int, dilation: int = 1) -> list[tuple[int, int]]
     return [(dilation * (i - r), dilation * (j - r)) for i in range(kernel_size) for j in range(kernel_size)]
 
 
-def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """x[..., i + dy, j + dx] for every (i, j), zero outside the image: (B, C, H, W) -> (B, C, H, W)."""
+def shifted(x: torch.Tensor, dy: int, dx: int, fill: float = 0) -> torch.Tensor:
+    """x[..., i + dy, j + dx] for every (i, j), ``fill`` outside the image: (..., H, W) -> (..., H, W)."""
     H, W = x.shape[-2:]
     p = max(abs(dy), abs(dx))
     if p == 0:
         return x
-    xp = F.pad(x, (p, p, p, p))
+    xp = F.pad(x, (p, p, p, p), value=fill)
     return xp[..., p + dy:p + dy + H, p + dx:p + dx + W]
 
 
@@ -84,13 +84,13 @@ class LocalAttentionMask(nn.Module):
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         d = window_distances(e, self.kernel_size, self.dilation, self.distance)   # (B, k², H, W)
         m = torch.exp(-self.lam.abs() * d)                                        # Eq. 3
-        keep = torch.ones_like(m[:1], dtype=torch.bool)
-        if self.remove_bounds:
-            keep = keep & inside(*e.shape[-2:], self.kernel_size, self.dilation, e.device)
-        if self.remove_center:
-            keep = keep.clone()
-            keep[:, self.kernel_size ** 2 // 2] = False
-        m = m * keep
+        if self.remove_bounds or self.remove_center:
+            keep = torch.ones_like(m[:1], dtype=torch.bool)                       # (1, k², H, W)
+            if self.remove_bounds:
+                keep = keep & inside(*e.shape[-2:], self.kernel_size, self.dilation, e.device)
+            if self.remove_center:
+                keep[:, self.kernel_size ** 2 // 2] = False
+            m = m * keep
         if self.normalize:
             m = m / (m.sum(1, keepdim=True) + self.eps)
         return m
