@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow test-all lint bench bench-scale bench-attention
+.PHONY: install demo test test-slow test-all lint bench bench-scale bench-attention bench-segaware
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -47,3 +47,14 @@ bench-attention: $(STAMP)
 	$(BIN)/python benchmarks/attention_blocks.py --threads 2 --repeats 3 --warmup 1 --out runs/bench/attention_blocks.json
 	$(BIN)/python benchmarks/attention_camvid.py --threads 1 --iters 120 --seeds 0,1 --set warmup_iters=12 --prune \
 		--out runs/bench/attention_camvid.json
+
+# the issue-5 figures (needs the densecrf extra and a trained FCN-8s in runs/cv_c: `attnseg train
+# configs/camvid_fcn8s_resnet18.yaml run_dir=runs/cv_c`): operator cost, refinement table (~1 h), flow (~9 min),
+# the segmentation-aware network against the plain one (2 seeds x 120 steps, ~1.5 CPU hours)
+bench-segaware: $(STAMP)
+	$(BIN)/python benchmarks/segaware_cost.py --threads 2 --out runs/bench/segaware_cost.json
+	$(BIN)/python benchmarks/segaware_refine.py --base-run runs/cv_c --iters 150 --tune-images 20 --threads 1 \
+		--out runs/bench/segaware_refine.json
+	$(BIN)/python benchmarks/segaware_flow.py --threads 1 --out runs/bench/segaware_flow.json
+	$(BIN)/python benchmarks/attention_camvid.py --threads 1 --iters 120 --seeds 0,1 --set warmup_iters=12 --prune \
+		--variants none,segaware --out runs/bench/segaware_camvid.json

@@ -200,6 +200,8 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path, queri
         fig = Path(f"{prefix}_scales.png")
         scale_attention_figure(image, ids, weights, scale_ids, spec, scales).save(fig)
         written.append(fig)
+    if "embedding" in att:
+        written += _write_local_masks(att, image, prefix, queries)
     if "grid" in att:
         written += _write_query_attention(att, image, prefix, queries, meta["model"])
     elif queries and att:
@@ -214,6 +216,33 @@ def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path, queri
         written.append(path)
     if written:
         print("  attention: " + ", ".join(str(p) for p in written))
+
+
+def _write_local_masks(att: dict, image, prefix: Path, queries) -> list[Path]:
+    """Segmentation-aware networks (Harley et al. 2017): ``<stem>_embedding.png`` (the embedding's first three
+    principal components as colour) and per query ``<stem>_masks_<y>_<x>.png`` (the local attention masks of one
+    layer per resolution and window around that pixel). Removes the maps it drew from ``att``."""
+    from PIL import Image
+
+    from .viz.local_masks import embedding_pca_colours, local_mask_figure, parse_mask_key
+
+    H, W = image.shape[:2]
+    one = {name: a[0] for name, a in att.items() if name == "embedding" or parse_mask_key(name)}
+    path = Path(f"{prefix}_embedding.png")
+    Image.fromarray(embedding_pca_colours(one["embedding"])).resize((W, H), Image.NEAREST).save(path)
+    written = [path]
+    if len(one) > 1:
+        if not queries:
+            queries = [(H // 2, W // 2)]
+            print(f"  no --query given: drawing the local attention masks of the image centre {queries[0]}; give "
+                  "--query Y,X (image pixels, repeatable) for other pixels")
+        for y, x in queries:
+            fig = Path(f"{prefix}_masks_{y}_{x}.png")
+            local_mask_figure(image, one, (y, x)).save(fig)
+            written.append(fig)
+    for name in one:
+        att.pop(name)
+    return written
 
 
 def _write_query_attention(att: dict, image, prefix: Path, queries, model_name: str) -> list[Path]:
@@ -330,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True)
     pr.add_argument("--attention", action="store_true", help="also write the model's attention maps")
     pr.add_argument("--query", type=_query, action="append", metavar="Y,X",
-                    help="with --attention, for FLANet-family models: the pixel (row, column of the full-resolution "
-                         "image) whose attention is drawn, <stem>_query_<Y>_<X>.png; repeatable (default: the centre)")
+                    help="with --attention, for FLANet-family and segmentation-aware models: the pixel (row, column of "
+                         "the full-resolution image) whose attention is drawn, <stem>_query_<Y>_<X>.png or "
+                         "<stem>_masks_<Y>_<X>.png; repeatable (default: the centre)")
     add_infer_args(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .nn.embedding_loss import embedding_loss
+
 
 def class_pixel_stats(labels, num_classes: int, ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
     """Per class: pixel count, and total pixels of the images where the class appears. ``labels`` iterates
@@ -38,9 +40,13 @@ def median_frequency_weights(counts: np.ndarray, image_pixels: np.ndarray) -> np
 
 
 def segmentation_loss(out: dict, target: torch.Tensor, ignore_index: int = 255, class_weights=None,
-                      aux_weight: float = 0.4, label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+                      aux_weight: float = 0.4, label_smoothing: float = 0.0,
+                      embedding_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
     """Cross-entropy on ``out['logits']`` plus ``aux_weight`` x each ``out['aux']`` term, computed in fp32.
     A model may set its own weights per aux term in ``out['aux_weights']`` (attention to scale's E-Supv uses 1).
+    When the model returns a per-pixel ``out['embedding']`` (B, D, H, W) (segmentation-aware networks), the
+    embedding loss of Harley et al. (``attnseg.nn.embedding_loss``) on the target is added ``embedding_weight``
+    times (0 switches it off).
 
     Returns (total, {"loss_main": ..., "loss_aux_<name>": ...}) with detached float parts for logging. An
     all-ignore batch gives a zero loss (not NaN) that still back-propagates.
@@ -63,4 +69,8 @@ def segmentation_loss(out: dict, target: torch.Tensor, ignore_index: int = 255, 
         term = ce(logits)
         parts[f"loss_aux_{name}"] = term.detach()
         total = total + weights.get(name, aux_weight) * term
+    if embedding_weight and out.get("embedding") is not None:
+        term = embedding_loss(out["embedding"].float(), target, ignore_index=ignore_index)
+        parts["loss_embedding"] = term.detach()
+        total = total + embedding_weight * term
     return total, parts

@@ -7,13 +7,15 @@ under one budget, several seeds.
     python benchmarks/attention_camvid.py --iters 120 --seeds 0,1 --out runs/bench/attention_camvid.json  # the table
     python benchmarks/attention_camvid.py --iters 4000 --depth 101 --set model_kwargs.channels=512 --device cuda
 
-Variants (``--variants``; default ``none,nonlocal,danet,ccnet,fla``; also ``channel``): the registry models
-``dilated_resnet<depth>_<block>`` and ``flanet_resnet<depth>``. Every other setting comes from ``--config``
-(``configs/camvid_flanet_resnet18.yaml``: head width 256, base_scale 0.5, 144x192 crops, batch 8, AdamW 2e-3,
-median-frequency class weights ^0.5, evaluation on the full 360x480 labels with the input resized by 0.5), with
-``--set key=value`` overrides on top. The budget is equal iterations (``--iters``) or equal training minutes
-(``--time-budget``). Runs live in ``--run-root/<variant>_s<seed>``; finished runs are reused, interrupted ones
-resume, so the seeds can run in two processes and a third call with all seeds assembles the table.
+Variants (``--variants``; default ``none,nonlocal,danet,ccnet,fla``; also ``channel`` and ``segaware``): the
+registry models ``dilated_resnet<depth>_<block>``, ``flanet_resnet<depth>`` and ``segaware_dilated_resnet<depth>``
+(the ``none`` network made segmentation-aware, with its embedding head and embedding loss; issue 5). Every other
+setting comes from ``--config`` (``configs/camvid_flanet_resnet18.yaml``: head width 256, base_scale 0.5, 144x192
+crops, batch 8, AdamW 2e-3, median-frequency class weights ^0.5, evaluation on the full 360x480 labels with the
+input resized by 0.5), with ``--set key=value`` overrides on top. The budget is equal iterations (``--iters``) or
+equal training minutes (``--time-budget``). Runs live in ``--run-root/<variant>_s<seed>``; finished runs are
+reused, interrupted ones resume, so the seeds can run in two processes and a third call with all seeds assembles
+the table.
 
 Reported per variant: val mIoU, per-class IoU, the mean IoU over thin/small classes (Pole, SignSymbol, Fence,
 Pedestrian, Bicyclist) and over large ones (Sky, Building, Road, Tree, Car), each as mean and per seed;
@@ -37,13 +39,15 @@ from scale_synthetic import emit, machine_info, parse_sweep_args, pct, run_or_re
 
 from attnseg.engine.config import TrainConfig, config_to_dict, load_config, parse_overrides  # noqa: E402
 
-VARIANTS = ("none", "nonlocal", "danet", "ccnet", "fla", "channel")
+VARIANTS = ("none", "nonlocal", "danet", "ccnet", "fla", "channel", "segaware")
 DEFAULT_VARIANTS = ("none", "nonlocal", "danet", "ccnet", "fla")
 THIN_SMALL = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 LARGE = ("Sky", "Building", "Road", "Tree", "Car")
 
 
 def variant_model(variant: str, depth: int) -> str:
+    if variant == "segaware":  # the "none" network with every stride-1 convolution segmentation-aware (Harley 2017)
+        return f"segaware_dilated_resnet{depth}"
     return f"flanet_resnet{depth}" if variant == "fla" else f"dilated_resnet{depth}_{variant}"
 
 

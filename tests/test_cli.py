@@ -138,3 +138,23 @@ def test_predict_attention_of_a_query_pixel(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(run), str(src), "--out", str(out), "--attention", "--query", "5"])
     assert "--query takes Y,X" in capsys.readouterr().err
+
+
+def test_predict_local_masks_of_a_segaware_model(tmp_path, capsys):
+    """Train a tiny segmentation-aware LargeFOV 1 step through the CLI, then predict with --attention --query: the
+    embedding's colours and a figure of the local attention masks around the pixel; no per-map heat maps."""
+    run = tmp_path / "sa"
+    args = [a for a in TRAIN if not a.startswith(("model=", "iters="))]
+    assert main(args + ["model=segaware_deeplab_largefov_vgg16", "model_kwargs.width=0.125",
+                        "model_kwargs.embedding_width=0.125", "model_kwargs.embedding_dim=8", "iters=1",
+                        f"run_dir={run}"]) == 0
+    image, _ = build_dataset(DATA, "val").load(0)
+    src = tmp_path / "in.png"
+    Image.fromarray(image).save(src)
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(src), "--out", str(out), "--attention", "--query", "10,20"]) == 0
+    assert np.asarray(Image.open(out / "in_embedding.png")).shape == image.shape
+    fig = Image.open(out / "in_masks_10_20.png")
+    assert fig.width >= 4 * image.shape[1] and fig.height >= 2 * image.shape[0]   # image, embedding, 6 layers
+    assert "in_masks_10_20.png" in capsys.readouterr().out
+    assert not list(out.glob("in_attn_mask*"))

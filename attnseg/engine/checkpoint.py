@@ -93,6 +93,9 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     return ckpt["model"], ckpt["meta"]
 
 
+INIT_WEIGHT_KWARGS = ("pretrained", "base_weights")
+
+
 def load_model(path, device="cpu"):
     """Rebuild the model named in a checkpoint's metadata and load its weights. Returns (model, meta)."""
     from ..data.labels import LabelSpec
@@ -102,7 +105,10 @@ def load_model(path, device="cpu"):
         raise ValueError(f"checkpoint {path} carries no attnseg metadata (model name, classes); "
                          "it was not written by attnseg")
     spec = LabelSpec.from_dict(meta["classes"])
-    model = create_model(meta["model"], num_classes=spec.num_classes, **meta.get("model_kwargs", {}))
+    # initial weights named by the training run (``pretrained``, ``base_weights``) are in the checkpoint already:
+    # rebuilding must not need those files
+    kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k not in INIT_WEIGHT_KWARGS}
+    model = create_model(meta["model"], num_classes=spec.num_classes, **kwargs)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match model {meta['model']}: missing {missing[:5]}, "

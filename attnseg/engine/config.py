@@ -50,6 +50,7 @@ class TrainConfig:
     class_weight_power: float = 1.0           # weights are raised to this power (0.5 softens median_freq)
     aux_weight: float = 0.4
     label_smoothing: float = 0.0
+    embedding_weight: float = 1.0         # embedding loss of models that return an embedding (segmentation-aware)
     # precision: "auto" = bf16 autocast where the CPU has native bf16 (or on CUDA), else fp32
     precision: str = "auto"               # auto | fp32 | bf16 | fp16
     channels_last: bool | None = None     # None = auto (on for CPU and CUDA)

@@ -255,7 +255,7 @@ class Trainer:
         with self.prec.autocast():
             out = self.ddp_model(x)
         loss, parts = segmentation_loss(out, y, self.spec.ignore_index, self.class_weights, cfg.aux_weight,
-                                        cfg.label_smoothing)
+                                        cfg.label_smoothing, cfg.embedding_weight)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}; the last good state is in "
                                      f"{self.run_dir}/checkpoints/last.pt. Lower lr (now {lr:.2e}) or set "

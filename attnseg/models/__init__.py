@@ -15,6 +15,7 @@ from .farabet import farabet
 from .fcn import fcn_resnet, fcn_vgg16
 from .flanet import flanet
 from .recurrent_refinement import recurrent_refinement
+from .segaware import segaware, segaware_crf
 
 MODELS = {
     "fcn32s_resnet18": partial(fcn_resnet, variant="32s", depth=18),
@@ -43,6 +44,16 @@ for _d in (18, 50, 101):
     MODELS[f"flanet_resnet{_d}"] = partial(flanet, depth=_d, attention="fla")
     for _b in ("none", "nonlocal", "danet", "ccnet", "channel"):
         MODELS[f"dilated_resnet{_d}_{_b}"] = partial(flanet, depth=_d, attention=_b)
+# Segmentation-aware networks (Harley et al. 2017): every stride-1 convolution gated by local attention masks,
+# optionally with the segmentation-aware CRF; and that CRF as a refinement stage on any registered network
+MODELS["segaware"] = segaware
+MODELS["segaware_crf"] = segaware_crf
+for _name, _base, _ew in (("deeplab_largefov_vgg16", "deeplab_largefov_vgg16", 1.0),
+                          ("deeplab_largefov_vgg16_w05", "deeplab_largefov_vgg16_w05", 0.5),
+                          ("dilated_resnet18", "dilated_resnet18_none", 0.5),
+                          ("dilated_resnet50", "dilated_resnet50_none", 1.0)):
+    MODELS[f"segaware_{_name}"] = partial(segaware, base=_base, embedding_width=_ew)
+    MODELS[f"segaware_{_name}_crf"] = partial(segaware, base=_base, embedding_width=_ew, crf=True)
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> SegmentationModel:

@@ -46,19 +46,64 @@ def inside(height: int, width: int, kernel_size: int, dilation: int = 1, device=
     return torch.cat([shifted(ones, dy, dx) for dy, dx in window_offsets(kernel_size, dilation)], 1) > 0
 
 
+def overlap(n: int, o: int) -> tuple[slice, slice]:
+    """Along one axis of length n: the positions i with i + o inside, and those i + o."""
+    lo = min(n, max(0, -o))
+    hi = max(lo, n - max(0, o))
+    return slice(lo, hi), slice(lo + o, hi + o)
+
+
+class _WindowDistances(torch.autograd.Function):
+    """d_t(i) = f(e_i - e_{i+o_t}) for the taps o_t of a window; f = L1 or ½ squared L2; 0 where i + o_t is outside.
+
+    Only half of the taps are computed: the window is symmetric and d_{-o}(i) = d_o(i - o), so the taps after the
+    centre are copies of those before it. Every difference is taken between two views of e over the pixels whose
+    neighbour is inside (no padded copies), and nothing of size (B, D, H, W) per tap is saved: the backward
+    recomputes each difference. Gradient of tap o and its mirror together, with G_o the incoming gradient of d_o
+    and Ĝ_o(j) = G_o(j) + G_{-o}(j + o) over the valid j:
+        s = f'(e_j - e_{j+o}) Ĝ_o(j);  ∂/∂e_j += s(j);  ∂/∂e_{j+o} -= s(j)
+    """
+
+    @staticmethod
+    def forward(ctx, e, kernel_size: int, dilation: int, distance: str):
+        H, W = e.shape[-2:]
+        offsets = window_offsets(kernel_size, dilation)
+        el = e.permute(0, 2, 3, 1).contiguous()                          # (B, H, W, D): reduce over the inner dim
+        d = e.new_zeros(e.shape[0], len(offsets), H, W)
+        for t in range(len(offsets) // 2):                               # the taps before the centre
+            (ry, ny), (rx, nx) = overlap(H, offsets[t][0]), overlap(W, offsets[t][1])
+            diff = el[:, ry, rx] - el[:, ny, nx]                          # (B, h, w, D): pixel minus neighbour
+            dt = diff.abs_().sum(-1) if distance == "l1" else 0.5 * diff.square_().sum(-1)   # (B, h, w)
+            d[:, t, ry, rx] = dt
+            d[:, -1 - t, ny, nx] = dt                                     # the mirror tap: d_{-o}(i + o) = d_o(i)
+        ctx.save_for_backward(el)
+        ctx.window = (kernel_size, dilation, distance)
+        return d
+
+    @staticmethod
+    def backward(ctx, g):
+        (el,) = ctx.saved_tensors
+        kernel_size, dilation, distance = ctx.window
+        H, W = el.shape[1:3]
+        offsets = window_offsets(kernel_size, dilation)
+        ge = torch.zeros_like(el)                                         # (B, H, W, D)
+        for t in range(len(offsets) // 2):
+            (ry, ny), (rx, nx) = overlap(H, offsets[t][0]), overlap(W, offsets[t][1])
+            gt = g[:, t, ry, rx] + g[:, -1 - t, ny, nx]                   # (B, h, w): Ĝ_o
+            diff = el[:, ry, rx] - el[:, ny, nx]                          # (B, h, w, D)
+            s = (diff.sign_() if distance == "l1" else diff).mul_(gt[..., None])
+            ge[:, ry, rx] += s
+            ge[:, ny, nx] -= s                                            # the neighbour j + o gets -s(j)
+        return ge.permute(0, 3, 1, 2), None, None, None                   # (B, D, H, W), channels-last strides
+
+
 def window_distances(e: torch.Tensor, kernel_size: int, dilation: int = 1, distance: str = "l1") -> torch.Tensor:
     """(B, D, H, W) embedding -> (B, k², H, W) distances from each pixel to its window's taps (0 outside the
-    image). Computed one tap at a time: never a (B, D·k², H, W) unfolded tensor."""
+    image, as the code's). Computed one tap at a time (half of them, the rest by symmetry): never a
+    (B, D·k², H, W) unfolded tensor, in the forward or the backward."""
     if distance not in ("l1", "l2"):
         raise ValueError(f"distance must be 'l1' or 'l2' (½ squared L2), not {distance!r}")
-    H, W = e.shape[-2:]
-    out = []
-    valid = inside(H, W, kernel_size, dilation, e.device)
-    for t, (dy, dx) in enumerate(window_offsets(kernel_size, dilation)):
-        diff = e - shifted(e, dy, dx)                                     # (B, D, H, W)
-        d = diff.abs().sum(1) if distance == "l1" else 0.5 * diff.pow(2).sum(1)   # (B, H, W)
-        out.append(d * valid[:, t])                                       # outside the image: 0 (the code's)
-    return torch.stack(out, 1)
+    return _WindowDistances.apply(e, kernel_size, dilation, distance)
 
 
 class LocalAttentionMask(nn.Module):

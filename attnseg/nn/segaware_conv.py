@@ -9,9 +9,10 @@ columns -> convolution with ``bottom_is_im2col``).
 with x (B, C, H, W), the filter t (O, C, kh, kw), the mask m (B, k², H, W) (``LocalAttentionMask``, taps in raster
 order), stride 1, "same" padding with zeros. With m ≡ 1 and no normalisation it is ``F.conv2d``.
 
-Memory: the unfolded (B, C·k², H, W) tensor of the layer is never built. The forward accumulates one tap at a time
-(a shifted, masked copy of x and a 1x1 convolution), and the backward recomputes the taps instead of keeping them:
-besides the inputs, only y (for the normalised form's gradient) is saved.
+Memory: the unfolded (B, C·k², H, W) tensor of the layer is never built, nor any padded or shifted copy of x. The
+forward accumulates one tap at a time (a 1x1 convolution of the whole input, added over the outputs whose tap is
+inside the image, times the mask), and the backward recomputes the taps instead of keeping them: besides the
+inputs, only y (for the normalised form's gradient) is saved.
 """
 
 from __future__ import annotations
@@ -20,24 +21,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .local_attention_mask import window_offsets
+from .local_attention_mask import overlap, window_offsets
 
 
 class _SegAwareConv(torch.autograd.Function):
+    """Tap t of offset o reads x at i + o. Since the mask is one number per output pixel and tap,
+    W_t (x_{i+o} m_t(i)) = (W_t x)_{i+o} m_t(i): each tap is a 1x1 convolution of the whole (contiguous) input,
+    z_t = W_t x, added into y over the outputs whose tap is inside the image (zero padding = leaving the rest out).
+    No padded or shifted copy of x is made. Backward, per tap, over the same overlap:
+        b = W_tᵀ g_i             ∂x_{i+o} += b m_t(i)          ∂W_t += Σ (g_i m_t(i)) x_{i+o}ᵀ
+        ∂m_t(i) = Σ_c b_c x_{i+o,c}     (normalised: g is divided by s, and Σ_o g_i y_i / s is subtracted)"""
+
     @staticmethod
     def forward(ctx, x, m, weight, bias, dilation: int, normalize: bool, eps: float):
         O, C, kh, kw = weight.shape
         H, W = x.shape[-2:]
-        p = dilation * (kh // 2)
-        xp = F.pad(x, (p, p, p, p))                                      # padded once; every tap is a view
         y = x.new_zeros(x.shape[0], O, H, W)
         for t, (dy, dx) in enumerate(window_offsets(kh, dilation)):
-            xs = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W]          # (B, C, H, W): tap t (a view)
-            # the mask is one number per output pixel and tap, so W_t (x_t m_t) = (W_t x_t) m_t: no masked copy
-            y.addcmul_(F.conv2d(xs, weight[:, :, t // kw, t % kw, None, None]), m[:, t:t + 1])   # (B, O, H, W)
+            (ry, ny), (rx, nx) = overlap(H, dy), overlap(W, dx)
+            if ry.start == ry.stop or rx.start == rx.stop:
+                continue                                                  # the tap is outside for every output
+            z = F.conv2d(x, weight[:, :, t // kw, t % kw, None, None])   # (B, O, H, W): W_t x everywhere
+            y[:, :, ry, rx].addcmul_(z[:, :, ny, nx], m[:, t:t + 1, ry, rx])
+            del z
         s = m.sum(1, keepdim=True) + eps if normalize else None          # (B, 1, H, W)
         if normalize:
-            y = y / s
+            y.div_(s)
         ctx.save_for_backward(x, m, weight, y if normalize else None, s)
         ctx.dilation, ctx.normalize, ctx.has_bias = dilation, normalize, bias is not None
         return y if bias is None else y + bias.view(1, -1, 1, 1)
@@ -47,22 +56,26 @@ class _SegAwareConv(torch.autograd.Function):
         x, m, weight, y, s = ctx.saved_tensors
         O, C, kh, kw = weight.shape
         H, W = x.shape[-2:]
-        p = ctx.dilation * (kh // 2)
-        xp = F.pad(x, (p, p, p, p))
         gz = g / s if ctx.normalize else g                                # (B, O, H, W)
-        gxp, gm, gw = torch.zeros_like(xp), torch.empty_like(m), torch.empty_like(weight)
+        gx, gm, gw = torch.zeros_like(x), torch.zeros_like(m), torch.zeros_like(weight)
         for t, (dy, dx) in enumerate(window_offsets(kh, ctx.dilation)):
-            xs = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W]           # (B, C, H, W): tap t (a view)
-            mt = m[:, t:t + 1]
+            (ry, ny), (rx, nx) = overlap(H, dy), overlap(W, dx)
+            if ry.start == ry.stop or rx.start == rx.stop:
+                continue
             wt = weight[:, :, t // kw, t % kw]                            # (O, C)
-            gw[:, :, t // kw, t % kw] = torch.einsum("bohw,bchw->oc", gz * mt, xs)
-            back = torch.einsum("oc,bohw->bchw", wt, gz)                  # (B, C, H, W): dL/d(masked tap)
-            gm[:, t] = torch.einsum("bchw,bchw->bhw", back, xs)
-            gxp[:, :, p + dy:p + dy + H, p + dx:p + dx + W].addcmul_(back, mt)   # the tap read x at +(dy, dx)
+            g_i = gz[:, :, ry, rx]                                        # (B, O, h, w): outputs with tap inside
+            x_o = x[:, :, ny, nx]                                         # (B, C, h, w): what they read
+            mt = m[:, t:t + 1, ry, rx]                                    # (B, 1, h, w)
+            u = g_i * mt                                                  # (B, O, h, w)
+            gw[:, :, t // kw, t % kw] = torch.einsum("bohw,bchw->oc", u, x_o)
+            del u
+            back = F.conv2d(g_i, wt.t()[:, :, None, None])                # (B, C, h, w): W_tᵀ g
+            gm[:, t, ry, rx] = torch.linalg.vecdot(back, x_o, dim=1)      # Σ_c (W_tᵀ g)_c x_{i+o,c}
+            gx[:, :, ny, nx].addcmul_(back, mt)                           # W_tᵀ (g m_t) read x at i + o
+            del back
         if ctx.normalize:                                                 # y = z / s, s = sum_k m_k + eps
-            gm -= (g * y).sum(1, keepdim=True) / s
+            gm -= torch.linalg.vecdot(g, y, dim=1).unsqueeze(1) / s
         gb = g.sum((0, 2, 3)) if ctx.has_bias else None
-        gx = gxp[:, :, p:p + H, p:p + W]
         return gx, gm, gw, gb, None, None, None
 
 

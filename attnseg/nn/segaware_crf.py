@@ -19,6 +19,7 @@ Per iteration, with unary logits U (B, K, H, W) and embedding e (B, D, H, W):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .local_attention_mask import LocalAttentionMask
@@ -49,13 +50,16 @@ class SegAwareCRF(nn.Module):
         spatial_window, bilateral_window, bilateral_dilation: 5, 13, 9 (the released model's).
         pos_scale, emb_scale: the 0.05 on pixel coordinates and the 200 on the embedding.
         learnable: the compatibility and message weights train (the released scripts freeze them).
+        scale: run the mean field on a grid resized by this factor (the released model runs it at half the network
+            input's resolution). The result is the full-resolution unary plus the upsampled pairwise term,
+            U - up(K M), so the unary's own detail is kept; 1.0 (default) is the exact full-resolution CRF.
     """
 
     def __init__(self, num_classes: int, iterations: int = 2, spatial_window: int = 5, bilateral_window: int = 13,
                  bilateral_dilation: int = 9, pos_scale: float = 0.05, emb_scale: float = 200.0,
-                 learnable: bool = True):
+                 learnable: bool = True, scale: float = 1.0):
         super().__init__()
-        self.iterations, self.pos_scale, self.emb_scale = iterations, pos_scale, emb_scale
+        self.iterations, self.pos_scale, self.emb_scale, self.scale = iterations, pos_scale, emb_scale, scale
         self.spatial_window, self.bilateral_window, self.bilateral_dilation = (spatial_window, bilateral_window,
                                                                                bilateral_dilation)
 
@@ -71,6 +75,16 @@ class SegAwareCRF(nn.Module):
             p.requires_grad_(learnable)
 
     def forward(self, unary: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            size = unary.shape[-2:]
+            small = [max(1, round(n * self.scale)) for n in size]
+            u = F.interpolate(unary, size=small, mode="bilinear", align_corners=False, antialias=self.scale < 1)
+            es = F.interpolate(e, size=small, mode="bilinear", align_corners=False, antialias=self.scale < 1)
+            pairwise = self.mean_field(u, es) - u                                       # -K M on the small grid
+            return unary + F.interpolate(pairwise, size=size, mode="bilinear", align_corners=False)
+        return self.mean_field(unary, e)
+
+    def mean_field(self, unary: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         B, _, H, W = unary.shape
         pos = self.pos_scale * pixel_coordinates(B, H, W, unary.device, unary.dtype)     # (B, 2, H, W)
         m_s = self.spatial_mask(pos)                                                     # (B, 25, H, W)

@@ -8,7 +8,8 @@ with unit filter weights).
 
 A zero embedding gives a box filter, e = position a Gaussian filter, e = (position, colour) a bilateral filter.
 Every channel is filtered with the same weights (depthwise). The input is padded once and every tap is a view of
-it, so autograd keeps the padded input and the mask, never k² shifted copies.
+it; a custom backward accumulates the input's gradient into one padded buffer, so neither pass builds k² shifted
+or padded copies.
 """
 
 from __future__ import annotations
@@ -16,7 +17,44 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .local_attention_mask import window_offsets
+from .local_attention_mask import inside, window_distances, window_offsets
+
+
+class _SegAwareFilter(torch.autograd.Function):
+    """y = z / s with z = Σ_t x_t m_t and s = Σ_t m_t + ε (x_t: the input shifted by tap t, zeros outside).
+    Backward, one tap at a time into one padded buffer (autograd of the sliced sum would build a padded-size
+    gradient per tap): ∂L/∂x_t = (g / s) m_t, ∂L/∂m_t = Σ_c (g / s)(x_t − y)."""
+
+    @staticmethod
+    def forward(ctx, x, m, kernel_size: int, dilation: int, eps: float):
+        H, W = x.shape[-2:]
+        p = dilation * (kernel_size // 2)
+        xp = F.pad(x, (p, p, p, p))                                      # (B, C, H + 2p, W + 2p), zeros outside
+        z = torch.zeros_like(x)
+        for t, (dy, dx) in enumerate(window_offsets(kernel_size, dilation)):
+            z.addcmul_(xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W], m[:, t:t + 1])   # a view times the mask
+        s = m.sum(1, keepdim=True) + eps                                 # (B, 1, H, W)
+        y = z / s
+        ctx.save_for_backward(x, m, y, s)
+        ctx.window = (kernel_size, dilation)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, m, y, s = ctx.saved_tensors
+        kernel_size, dilation = ctx.window
+        H, W = x.shape[-2:]
+        p = dilation * (kernel_size // 2)
+        xp = F.pad(x, (p, p, p, p))
+        gz = g / s                                                        # (B, C, H, W)
+        gxp = torch.zeros_like(xp)
+        gm = torch.empty_like(m)
+        base = (gz * y).sum(1)                                            # (B, H, W): Σ_c (g/s) y
+        for t, (dy, dx) in enumerate(window_offsets(kernel_size, dilation)):
+            view = (slice(None), slice(None), slice(p + dy, p + dy + H), slice(p + dx, p + dx + W))
+            gxp[view].addcmul_(gz, m[:, t:t + 1])
+            gm[:, t] = (gz * xp[view]).sum(1) - base
+        return gxp[:, :, p:p + H, p:p + W], gm, None, None, None
 
 
 def segaware_filter(x: torch.Tensor, m: torch.Tensor, kernel_size: int, dilation: int = 1,
@@ -27,10 +65,18 @@ def segaware_filter(x: torch.Tensor, m: torch.Tensor, kernel_size: int, dilation
     if m.shape != (B, len(offsets), H, W):
         raise ValueError(f"mask of shape {tuple(m.shape)} does not fit a {kernel_size}x{kernel_size} window over "
                          f"input {tuple(x.shape)}: expected {(B, len(offsets), H, W)}")
-    p = dilation * (kernel_size // 2)
-    xp = F.pad(x, (p, p, p, p))                                          # (B, C, H + 2p, W + 2p), zeros outside
-    y = None
-    for t, (dy, dx) in enumerate(offsets):
-        z = xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W] * m[:, t:t + 1]   # (B, C, H, W): a view times the mask
-        y = z if y is None else y + z
-    return y / (m.sum(1, keepdim=True) + eps)
+    return _SegAwareFilter.apply(x, m, kernel_size, dilation, eps)
+
+
+def segaware_filter_cascade(x: torch.Tensor, e: torch.Tensor, windows=((3, 1), (3, 2), (3, 4), (3, 8)),
+                            lam: float = 1.0, distance: str = "l1", iterations: int = 1) -> torch.Tensor:
+    """A cascade of Eq. 4 filters with masks m = exp(-λ d(e)) (Eq. 3) over windows of growing dilation, the
+    sequence repeated ``iterations`` times: the paper's replacement of DenseCRF inference ("a cascade of
+    segmentation-aware filters"). Out-of-image taps get weight 0. x (B, C, H, W), e (B, D, H, W) -> (B, C, H, W)."""
+    H, W = x.shape[-2:]
+    masks = [torch.exp(-lam * window_distances(e, k, d, distance)) * inside(H, W, k, d, x.device)
+             for k, d in windows]                                         # each (B, k², H, W)
+    for _ in range(iterations):
+        for (k, d), m in zip(windows, masks):
+            x = segaware_filter(x, m.to(x.dtype), k, d)
+    return x

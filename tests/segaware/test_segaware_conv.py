@@ -73,3 +73,14 @@ def test_mask_gradcheck_in_the_embedding_and_lambda():
     assert torch.autograd.gradcheck(blk, (e,))
     blk(e).sum().backward()
     assert blk.lam.grad is not None and torch.isfinite(blk.lam.grad)
+
+
+def test_dilation_larger_than_the_image():
+    """Taps that fall outside for every output (dilation 12 on a 5x6 map) contribute nothing, forward and backward."""
+    torch.manual_seed(4)
+    x = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    m = torch.rand(1, 9, 5, 6, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(segaware_conv2d(x, m, w, None, dilation=12),
+                               F.conv2d(x, w[:, :, 1:2, 1:2]) * m[:, 4:5])
+    assert torch.autograd.gradcheck(lambda a, b, c: segaware_conv2d(a, b, c, None, dilation=12), (x, m, w))

@@ -48,3 +48,19 @@ def test_gradcheck_end_to_end():
     assert torch.autograd.gradcheck(lambda a, b: crf(a, b), (u, e))
     crf(u, e).sum().backward()
     assert crf.compat.weight.grad is not None
+
+
+def test_low_resolution_mean_field_adds_the_upsampled_pairwise_term():
+    torch.manual_seed(3)
+    u = torch.randn(1, 3, 12, 16, dtype=torch.float64)
+    e = torch.randn(1, 4, 12, 16, dtype=torch.float64)
+    crf = small_crf(scale=0.5)
+    small_u = torch.nn.functional.interpolate(u, size=(6, 8), mode="bilinear", antialias=True)
+    small_e = torch.nn.functional.interpolate(e, size=(6, 8), mode="bilinear", antialias=True)
+    pairwise = crf.mean_field(small_u, small_e) - small_u
+    expected = u + torch.nn.functional.interpolate(pairwise, size=(12, 16), mode="bilinear")
+    torch.testing.assert_close(crf(u, e), expected)
+    with torch.no_grad():
+        crf.w_spatial.weight.zero_()
+        crf.w_bilateral.weight.zero_()
+    torch.testing.assert_close(crf(u, e), u)   # no messages: the full-resolution unary, untouched
