@@ -76,7 +76,11 @@ from attnseg.nn.local_attention_mask import LocalAttentionMask  # noqa: E402
 from attnseg.nn.segaware_filter import segaware_filter  # noqa: E402
 
 FLOWNET = {"width": 0.25, "levels": 5, "batch_norm": False, "normalize": "pair"}
-EMBEDDING = {"dim": 16, "width": 0.125}
+EMBEDDING = {"dim": 16, "width": 0.125}   # defaults of --emb-dim / --emb-width (the paper's D is 64)
+
+
+def embedding_config(args) -> dict:
+    return {"dim": getattr(args, "emb_dim", EMBEDDING["dim"]), "width": getattr(args, "emb_width", EMBEDDING["width"])}
 FLOW_LOSS_WEIGHTS = {2: 1.0, 3: 0.5, 4: 0.25, 5: 0.125, 6: 0.0625}
 GRID = {"kernels": (5,), "dilations": (1, 2, (4, 2, 1)), "iterations": (1, 2, 4, 8),
         "lambdas": (0.5, 1.0, 2.0, 4.0, 8.0), "colour_scales": (5.0, 10.0, 20.0, 40.0),
@@ -174,7 +178,7 @@ def embed(net: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
 
 
 def train_embedding(pool: dict, val: dict, args, g: torch.Generator) -> tuple[torch.nn.Module, dict]:
-    net = EmbeddingHead(**EMBEDDING)
+    net = EmbeddingHead(**embedding_config(args))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     t0, losses = time.perf_counter(), []
     net.train()
@@ -197,7 +201,7 @@ def train_embedding(pool: dict, val: dict, args, g: torch.Generator) -> tuple[to
     return net, {"iters": args.emb_iters, "seconds": round(time.perf_counter() - t0, 1),
                  "final_loss": round(statistics.fmean(losses[-50:]), 4) if losses else None,
                  "val_loss": round(val_loss, 4),
-                 "params": sum(p.numel() for p in net.parameters()), **EMBEDDING, "crop": args.emb_crop}
+                 "params": sum(p.numel() for p in net.parameters()), **embedding_config(args), "crop": args.emb_crop}
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -278,6 +282,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=2500, help="flow network optimiser steps (~0.11 s each, 1 thread; "
                    "~0.14 s with --correlation)")
     p.add_argument("--emb-iters", type=int, default=1200, help="embedding optimiser steps (~0.11 s each)")
+    p.add_argument("--emb-dim", type=int, default=EMBEDDING["dim"], help="embedding dimensions D")
+    p.add_argument("--emb-width", type=float, default=EMBEDDING["width"], help="embedding head channel multiplier")
     p.add_argument("--correlation", action="store_true",
                    help="train the FlowNetC-style network (cost volume at 1/4 resolution, ±8 px) instead of FlowNetS")
     p.add_argument("--batch", type=int, default=8)
@@ -301,7 +307,7 @@ def parse_args(argv=None):
 
 def trained_models(args, cfg: FlowSceneConfig, val: dict) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in SETTING_KEYS}
-    settings.update(flownet=flownet_config(args), embedding=EMBEDDING)
+    settings.update(flownet=flownet_config(args), embedding=embedding_config(args))
     path = Path(args.run_dir) / "weights.pt"
     if args.reuse:
         if not path.is_file():
@@ -310,7 +316,7 @@ def trained_models(args, cfg: FlowSceneConfig, val: dict) -> tuple[torch.nn.Modu
         if ckpt["settings"] != settings:
             raise SystemExit(f"--reuse: {path} was trained with {ckpt['settings']}, not {settings}; run without "
                              "--reuse (or use another --run-dir)")
-        flownet, embedder = flownet_simple(**flownet_config(args)), EmbeddingHead(**EMBEDDING)
+        flownet, embedder = flownet_simple(**flownet_config(args)), EmbeddingHead(**embedding_config(args))
         flownet.load_state_dict(ckpt["flownet"])
         embedder.load_state_dict(ckpt["embedding"])
         log(f"reusing {path}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import sys
 import time
@@ -95,7 +96,6 @@ def train_embedding(args, base_run: Path):
 
 
 def trainer_log(run_dir: Path) -> list[dict]:
-    import json
     path = run_dir / "log.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 

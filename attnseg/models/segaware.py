@@ -94,7 +94,7 @@ class MaskedConv2d(nn.Conv2d):
 
     def mask(self, size) -> torch.Tensor:
         k, d = self.window
-        m = torch.exp(-self.lam.abs() * self._context[0].distances(size, k, d).float())   # (B, k², h, w), Eq. 3
+        m = torch.exp(-self.lam.abs() * self._context[0].distances(size, k, d))   # (B, k², h, w), Eq. 3
         if self.remove_bounds:
             m = m * inside(*size, k, d, m.device)
         return m
@@ -250,10 +250,6 @@ class SegAwareRefiner(SegmentationModel):
         return result
 
 
-def _parse_crf(crf_kwargs):
-    return dict(crf_kwargs or {})
-
-
 SEGAWARE_OPTIONS = ("embedding_dim", "embedding_width", "distance", "init_lambda", "normalize", "skip")
 
 
@@ -265,7 +261,7 @@ def segaware(num_classes: int, base: str = "deeplab_largefov_vgg16_w05", base_kw
     own = {k: v for k, v in kwargs.items() if k in SEGAWARE_OPTIONS}
     net = create_model(base, num_classes, **{**{k: v for k, v in kwargs.items() if k not in own},
                                              **(base_kwargs or {})})
-    return SegAwareNet(net, crf=crf, crf_kwargs=_parse_crf(crf_kwargs), **own)
+    return SegAwareNet(net, crf=crf, crf_kwargs=crf_kwargs, **own)
 
 
 def segaware_crf(num_classes: int, base: str = "fcn8s_resnet18", base_kwargs: dict | None = None,
@@ -273,4 +269,4 @@ def segaware_crf(num_classes: int, base: str = "fcn8s_resnet18", base_kwargs: di
     """The segmentation-aware CRF on the logits of ``base`` (a registered model name, optionally trained weights)."""
     from . import create_model
     net = create_model(base, num_classes, **(base_kwargs or {}))
-    return SegAwareRefiner(net, base_weights=base_weights, crf_kwargs=_parse_crf(crf_kwargs), **kwargs)
+    return SegAwareRefiner(net, base_weights=base_weights, crf_kwargs=crf_kwargs, **kwargs)
