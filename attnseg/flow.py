@@ -22,9 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .nn.local_attention_mask import LocalAttentionMask
 from .nn.segaware_crf import pixel_coordinates
-from .nn.segaware_filter import segaware_filter
+from .nn.segaware_filter import segaware_filter_cascade
 
 
 def _dilations(dilation: int | Sequence[int]) -> tuple[int, ...]:
@@ -38,23 +37,10 @@ def masked_flow_filter(flow: torch.Tensor, embedding: torch.Tensor, kernel_size:
                        dilation: int | Sequence[int] = 1, lam: float = 1.0, iterations: int = 1,
                        distance: str = "l1") -> torch.Tensor:
     """The cascade shared by both filters: flow (B, 2, H, W) filtered ``iterations`` times by the masks of the
-    (B, D, H, W) embedding; with a dilation sequence every iteration applies one filter per dilation."""
-    if flow.dim() != 4 or embedding.dim() != 4 or flow.shape[0] != embedding.shape[0] \
-            or flow.shape[-2:] != embedding.shape[-2:]:
-        raise ValueError(f"flow {tuple(flow.shape)} and embedding {tuple(embedding.shape)} must be (B, C, H, W) "
-                         "tensors of the same batch and size; resize the embedding to the flow")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, not {iterations}")
-    masks = {}
-    for d in _dilations(dilation):
-        if d not in masks:
-            attend = LocalAttentionMask(kernel_size, d, distance, init_lambda=lam, learn_lambda=False,
-                                        remove_bounds=True, normalize=True).to(embedding.device, embedding.dtype)
-            masks[d] = attend(embedding)                                         # (B, k², H, W)
-    for _ in range(iterations):
-        for d in _dilations(dilation):
-            flow = segaware_filter(flow, masks[d], kernel_size, d)               # (B, 2, H, W)
-    return flow
+    (B, D, H, W) embedding; with a dilation sequence every iteration applies one filter per dilation
+    (``segaware_filter_cascade`` with k×k windows)."""
+    windows = [(kernel_size, d) for d in _dilations(dilation)]
+    return segaware_filter_cascade(flow, embedding, windows, lam, distance, iterations)
 
 
 def segaware_flow_filter(flow: torch.Tensor, embedding: torch.Tensor, kernel_size: int = 5,

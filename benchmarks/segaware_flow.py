@@ -216,11 +216,11 @@ def epe(flow: torch.Tensor, split: dict, all_pixels: bool = False) -> dict:
 def cascade_search(flow: torch.Tensor, split: dict, embedding: torch.Tensor, lam: float, distance: str,
                    kernel: int, dilation, iterations: tuple[int, ...]) -> dict:
     """{iterations: val ``epe`` result dict} of the cascade for every count in ``iterations``, built from the same
-    blocks as ``attnseg.flow.masked_flow_filter`` (masks computed once, the cascade run once up to the largest
-    count)."""
+    blocks as ``attnseg.nn.segaware_filter.segaware_filter_cascade`` (the same masks, computed once; the cascade
+    run once up to the largest count)."""
     dils = (dilation,) if isinstance(dilation, int) else tuple(dilation)
-    masks = {d: LocalAttentionMask(kernel, d, distance, init_lambda=lam, learn_lambda=False, remove_bounds=True,
-                                   normalize=True)(embedding) for d in set(dils)}   # (B, k², H, W) each
+    masks = {d: LocalAttentionMask(kernel, d, distance, init_lambda=lam, learn_lambda=False,
+                                   remove_bounds=True)(embedding) for d in set(dils)}   # (B, k², H, W) each
     out, f = {}, flow
     for it in range(1, max(iterations) + 1):
         for d in dils:

@@ -78,7 +78,8 @@ def boundary_band(
     """
     if width < 0:
         raise ValueError(f"band width must be >= 0 pixels, got {width}")
-    return _within(boundary_mask(label, ignore_index, num_classes=num_classes, bridge_ignore=bridge_ignore), width)
+    edges = boundary_mask(label, ignore_index, num_classes=num_classes, bridge_ignore=bridge_ignore)
+    return within_distance(edges, width)
 
 
 class BoundaryConfusion(ConfusionMatrix):
@@ -264,7 +265,7 @@ def _hits(src: np.ndarray, dst: np.ndarray, width: float) -> int:
     return int((dist <= width).sum())
 
 
-def _within(mask: np.ndarray, width: float) -> np.ndarray:
+def within_distance(mask: np.ndarray, width: float) -> np.ndarray:
     """Pixels at Euclidean distance <= ``width`` from a True pixel of ``mask`` (all False for an empty mask)."""
     if not mask.any():
         return np.zeros_like(mask)

@@ -22,8 +22,10 @@ Conventions shared by everything in this file:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .boundary import within_distance
 
 
 def _batched(t: torch.Tensor, dims: int) -> torch.Tensor:
@@ -75,17 +77,13 @@ def motion_boundaries(flow: torch.Tensor | None = None, threshold: float = 0.5,
 
 
 def boundary_band(boundaries: torch.Tensor, width: float = 3.0) -> torch.Tensor:
-    """(B, H, W) bool boundary pixels -> (B, H, W) bool: pixels within Euclidean distance ``width`` of one."""
+    """(B, H, W) bool boundary pixels -> (B, H, W) bool: pixels within Euclidean distance ``width`` of one (the
+    trimap band of ``attnseg.metrics.boundary``, image by image)."""
     if width < 0:
         raise ValueError(f"band width must be >= 0 pixels, got {width}")
     b = _batched(boundaries, 3)
-    r = int(width)
-    if r == 0:
-        return b.clone()
-    ys, xs = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-    disc = ((ys ** 2 + xs ** 2) <= width ** 2).to(b.device, torch.float32)     # (2r + 1, 2r + 1)
-    hit = F.conv2d(b[:, None].float(), disc[None, None], padding=r)                # (B, 1, H, W)
-    return hit[:, 0] > 0
+    band = np.stack([within_distance(m, width) for m in b.cpu().numpy()])      # (B, H, W)
+    return torch.from_numpy(band).to(b.device)
 
 
 def flow_epe(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None, width: float = 3.0,

@@ -70,13 +70,21 @@ def segaware_filter(x: torch.Tensor, m: torch.Tensor, kernel_size: int, dilation
 
 def segaware_filter_cascade(x: torch.Tensor, e: torch.Tensor, windows=((3, 1), (3, 2), (3, 4), (3, 8)),
                             lam: float = 1.0, distance: str = "l1", iterations: int = 1) -> torch.Tensor:
-    """A cascade of Eq. 4 filters with masks m = exp(-λ d(e)) (Eq. 3) over windows of growing dilation, the
-    sequence repeated ``iterations`` times: the paper's replacement of DenseCRF inference ("a cascade of
-    segmentation-aware filters"). Out-of-image taps get weight 0. x (B, C, H, W), e (B, D, H, W) -> (B, C, H, W)."""
+    """A cascade of Eq. 4 filters with masks m = exp(-λ d(e)) (Eq. 3) over the (kernel size, dilation) windows in
+    order, the sequence repeated ``iterations`` times with the same masks: the paper's replacement of DenseCRF
+    inference ("a cascade of segmentation-aware filters"), and its flow filtering. Out-of-image taps get weight 0.
+    x (B, C, H, W), e (B, D, H, W) -> (B, C, H, W)."""
+    if x.dim() != 4 or e.dim() != 4 or x.shape[0] != e.shape[0] or x.shape[-2:] != e.shape[-2:]:
+        raise ValueError(f"input {tuple(x.shape)} and embedding {tuple(e.shape)} must be (B, C, H, W) tensors of the "
+                         "same batch and size; resize the embedding to the input")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, not {iterations}")
     H, W = x.shape[-2:]
-    masks = [torch.exp(-lam * window_distances(e, k, d, distance)) * inside(H, W, k, d, x.device)
-             for k, d in windows]                                         # each (B, k², H, W)
+    masks = {}
+    for k, d in windows:                                                  # each window's masks once
+        if (k, d) not in masks:
+            masks[k, d] = torch.exp(-lam * window_distances(e, k, d, distance)) * inside(H, W, k, d, x.device)
     for _ in range(iterations):
-        for (k, d), m in zip(windows, masks):
-            x = segaware_filter(x, m.to(x.dtype), k, d)
+        for k, d in windows:
+            x = segaware_filter(x, masks[k, d].to(x.dtype), k, d)        # masks (B, k², H, W)
     return x
