@@ -19,8 +19,29 @@ from pathlib import Path
 
 
 def _pair(s: str) -> tuple[int, int]:
-    parts = [int(v) for v in s.replace("x", ",").split(",")]
+    """``H,W`` (or ``HxW``, or one number for both) of positive integers, for --crop and --stride."""
+    try:
+        parts = [int(v) for v in s.replace("x", ",").split(",")]
+        if len(parts) not in (1, 2) or min(parts) < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes H,W: two integers >= 1 such as 180,240; not {s!r}") from None
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _positive(kind):
+    def parse(s: str):
+        try:
+            v = kind(s)
+            if not v > 0:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a number > 0, not {s!r}") from None
+        return v
+    return parse
+
+
+DEFAULT_MAX_MEMORY_GB = 8.0
 
 
 def _query(s: str) -> tuple[int, int]:
@@ -40,11 +61,19 @@ def _parse_tta(items: list[str] | None) -> dict:
     for item in items or []:
         key, _, val = item.partition("=")
         if key == "scales":
-            out["scales"] = tuple(float(v) for v in val.split(","))
+            try:
+                out["scales"] = tuple(float(v) for v in val.split(","))
+            except ValueError:
+                out["scales"] = ()
+            if not out["scales"] or min(out["scales"]) <= 0:
+                raise ValueError(f"--tta {item}: scales must be numbers > 0 separated by commas, e.g. "
+                                 "scales=0.75,1,1.25")
         elif key == "flip":
+            if val.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(f"--tta {item}: flip takes true or false")
             out["flip"] = val.lower() in ("1", "true", "yes", "on")
         else:
-            raise SystemExit(f"--tta takes scales=... and flip=true|false, not {item!r}")
+            raise ValueError(f"--tta takes scales=0.75,1,1.25 and flip=true|false, not {item!r}")
     return out
 
 
@@ -54,8 +83,11 @@ def cmd_train(args) -> int:
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides  # only overrides were given
-    cfg = load_config(config, overrides)
+    notes = []
+    cfg = load_config(config, overrides, notes)
     print(f"run directory: {cfg.run_dir}", flush=True)
+    for note in notes:
+        print(note, flush=True)
     train(cfg, command="attnseg train " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
     return 0
 
@@ -69,17 +101,80 @@ def _inference_from(meta: dict, args):
     if getattr(args, "mode", None):
         cfg.mode = args.mode
     if getattr(args, "crop", None):
-        cfg.crop = _pair(args.crop)
+        cfg.crop = args.crop
     if getattr(args, "stride", None):
-        cfg.stride = _pair(args.stride)
+        cfg.stride = args.stride
     if getattr(args, "test_scale", None):
         cfg.test_scale = args.test_scale
     tta = _parse_tta(getattr(args, "tta", None))
     cfg.scales = tta.get("scales", cfg.scales)
     cfg.flip = tta.get("flip", cfg.flip)
     if cfg.mode == "slide" and cfg.crop is None:
-        raise SystemExit("--mode slide needs --crop H,W (the window, at the network's input scale)")
+        raise ValueError("--mode slide needs --crop H,W (the window, at the network's input scale)")
     return cfg
+
+
+def _memory_limit(args) -> float:
+    """--max-memory (GiB), else $ATTNSEG_MAX_MEMORY_GB, else 8 GiB."""
+    import os
+    if getattr(args, "max_memory", None):
+        return args.max_memory * 1024 ** 3
+    env = os.environ.get("ATTNSEG_MAX_MEMORY_GB")
+    if env:
+        try:
+            value = float(env)
+            if value <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"ATTNSEG_MAX_MEMORY_GB={env!r} is not a number of GiB > 0") from None
+        return value * 1024 ** 3
+    return DEFAULT_MAX_MEMORY_GB * 1024 ** 3
+
+
+def _fallback_crop(meta: dict):
+    crop = (meta.get("config") or {}).get("crop")
+    return tuple(crop) if crop else (512, 512)
+
+
+def collect_images(items: list[str]) -> list[Path]:
+    """Image arguments -> files: a folder gives every image directly inside it (sorted)."""
+    from .data.io import IMAGE_EXTS, DataError
+    paths = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)}); give image files or a "
+                                "folder of images")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DataError(f"image {p} does not exist; give image files or a folder of images")
+    return paths
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """One output name per input, distinct even where file names repeat: ``a/im.png`` and ``b/im.png`` give
+    ``a_im`` and ``b_im`` (as many parent folders as it takes; ``im-2`` where even the full paths agree)."""
+    from collections import Counter
+    parts = [Path(p).resolve().with_suffix("").parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["_".join(pp[-d:]).lstrip("_/") for pp, d in zip(parts, depth)]
+        counts = Counter(names)
+        clash = [i for i, n in enumerate(names) if counts[n] > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            break
+        for i in clash:
+            depth[i] += 1
+    seen: Counter = Counter()
+    out = []
+    for n in names:
+        seen[n] += 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
 
 
 def _normalize_from(meta: dict):
@@ -105,10 +200,19 @@ def cmd_eval(args) -> int:
         raise ValueError(f"the checkpoint's classes {meta['classes']['names']} differ from the dataset's "
                          f"{ds.spec.names}")
     icfg = _inference_from(meta, args)
+    from .engine.inference import plan_memory
+    icfg, note = plan_memory(model, ds.load(0)[0].shape[:2], icfg, ds.spec.num_classes, _memory_limit(args),
+                             _fallback_crop(meta))
+    if note:
+        print(note, flush=True)
+    n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
+    from tqdm import tqdm
     t = time.time()
-    metrics, cm = evaluate(model, ds, icfg, prec, args.max_images)
+    with tqdm(total=n, unit="img", desc="eval", dynamic_ncols=True, disable=args.no_progress,
+              mininterval=1.0 if sys.stderr.isatty() else 15.0) as bar:
+        metrics, cm = evaluate(model, ds, icfg, prec, args.max_images, progress=bar.update)
     dt = time.time() - t
-    print(f"{args.data} [{args.split}], {len(ds) if args.max_images is None else args.max_images} images, "
+    print(f"{args.data} [{args.split}], {n} images, "
           f"inference {icfg.describe()}, {prec.name}, {dt:.1f} s")
     print(format_table(metrics, ds.spec.names))
     if args.out:
@@ -131,27 +235,43 @@ def cmd_predict(args) -> int:
     from .viz.overlay import overlay, save_label_png
     queries = getattr(args, "query", None) or []
     if queries and not args.attention:
-        raise SystemExit("--query picks the pixel whose attention is drawn; add --attention")
+        raise ValueError("--query picks the pixel whose attention is drawn; add --attention")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the predictions (it is created if needed)")
+    images = collect_images(args.images)
     device = resolve_device(args.device)
     prec = Precision.resolve(device, args.precision)
     model, meta = load_model(args.checkpoint, device)
     model = prec.model(model)
     spec = LabelSpec.from_dict(meta["classes"])
     norm = _normalize_from(meta)
-    icfg = _inference_from(meta, args)
-    out = Path(args.out)
+    base_cfg = _inference_from(meta, args)
+    limit = _memory_limit(args)
+    stems = output_stems(images)
+    if len(set(p.stem for p in images)) < len(images):
+        print("some inputs share a file name: outputs are named after their folders too ("
+              + ", ".join(f"{p} -> {s}" for p, s in zip(images, stems) if s != p.stem) + ")")
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
-    for path in args.images:
+
+    from .engine.inference import plan_memory
+    plans = {}
+    for path, stem in zip(images, stems):
         image = read_image(path)
         for q in queries:
             check_query(q, image.shape[:2])  # before the inference: a wrong query fails fast, with the image size
+        if image.shape[:2] not in plans:  # estimated once per image size, before anything big is allocated
+            plans[image.shape[:2]] = plan_memory(model, image.shape[:2], base_cfg, spec.num_classes, limit,
+                                                 _fallback_crop(meta))
+        icfg, note = plans[image.shape[:2]]
+        if note:
+            print(f"{path}: {note}", flush=True)
         x, _ = norm(image, None, None)
         t = time.time()
         with torch.no_grad():
             scores = infer(model, x[None].to(device), icfg, spec.num_classes, prec.autocast(), prec.channels_last)
         ids = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        stem = Path(path).stem
         save_label_png(out / f"{stem}_ids.png", ids, spec)
         Image.fromarray(overlay(image, ids, spec)).save(out / f"{stem}_overlay.png")
         print(f"{path}: {ids.shape[1]}x{ids.shape[0]}, {1000 * (time.time() - t):.0f} ms -> "
@@ -337,9 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_infer_args(q):
         q.add_argument("--mode", choices=("whole", "slide"))
-        q.add_argument("--crop", help="slide window H,W")
-        q.add_argument("--stride", help="slide stride H,W (default 2/3 of the crop)")
-        q.add_argument("--test-scale", type=float, help="resize factor before inference (default: the checkpoint's)")
+        q.add_argument("--crop", type=_pair, help="slide window H,W")
+        q.add_argument("--stride", type=_pair, help="slide stride H,W (default 2/3 of the crop)")
+        q.add_argument("--test-scale", type=_positive(float),
+                       help="resize factor before inference (default: the checkpoint's)")
+        q.add_argument("--max-memory", type=_positive(float), metavar="GIB",
+                       help="memory limit of one inference in GiB (default $ATTNSEG_MAX_MEMORY_GB or "
+                            f"{DEFAULT_MAX_MEMORY_GB:g}); a whole-image inference estimated above it runs in sliding "
+                            "windows of the training crop, or stops with the estimate")
         q.add_argument("--tta", nargs="*", help="scales=0.75,1,1.25 flip=true")
         q.add_argument("--device", default="auto")
         q.add_argument("--precision", default="auto")
@@ -349,13 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="dataset spec, e.g. camvid:../shared/data/camvid")
     e.add_argument("--split", default="val")
     e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion.csv")
-    e.add_argument("--max-images", type=int)
+    e.add_argument("--max-images", type=_positive(int))
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_infer_args(e)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="class-id PNGs and colour overlays for images")
     pr.add_argument("checkpoint")
-    pr.add_argument("images", nargs="+")
+    pr.add_argument("images", nargs="+", help="image files or folders of images")
     pr.add_argument("--out", required=True)
     pr.add_argument("--attention", action="store_true", help="also write the model's attention maps")
     pr.add_argument("--query", type=_query, action="append", metavar="Y,X",
@@ -379,17 +505,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _message(e: BaseException) -> str:
+    """The user-facing line of an error. An error raised in a DataLoader worker arrives re-raised with the worker's
+    traceback as its text: keep its last line, the original message."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if "Original Traceback" in msg:
+        last = [line for line in msg.strip().splitlines() if line.strip()][-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 training stopped on NaN/Inf (the message says which checkpoint is kept), 2 bad input
+    (the message names the file or key and the fix), 130 interrupted (last.pt saved). ``ATTNSEG_DEBUG=1`` shows
+    tracebacks."""
+    import os
     args = build_parser().parse_args(argv)
     from .data.io import DataError
+    from .engine.trainer import NonFiniteLoss
     try:
         return args.func(args) or 0
-    except (DataError, FileNotFoundError, KeyError, ValueError) as e:
-        if "ATTNSEG_DEBUG" in __import__("os").environ:
+    except (DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError, KeyError, ValueError) as e:
+        if "ATTNSEG_DEBUG" in os.environ:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"attnseg: error: {msg}", file=sys.stderr)
+        print(f"attnseg: error: {_message(e)}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as e:
+        if "ATTNSEG_DEBUG" in os.environ:
+            raise
+        print(f"attnseg: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("attnseg: interrupted; a training run saved checkpoints/last.pt and continues with the same command",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnseg.data import DataError, build_dataset
 from attnseg.data.check import CheckReport, check_dataset, count_pixels
 
 H, W = 4, 6
@@ -90,7 +91,9 @@ def test_missing_and_empty_splits_are_problems_not_crashes(tmp_path):
 def test_nothing_readable(tmp_path):
     report = check_dataset(f"folder:{tmp_path / 'none'}")
     assert report.problems_total == 2 and report.names == [] and report.class_pixels.tolist() == []
-    assert "images folder" in report.format()
+    assert "none does not exist" in report.format()
+    (tmp_path / "none").mkdir()
+    assert "images folder" in check_dataset(f"folder:{tmp_path / 'none'}").format()
 
 
 def test_max_problems_keeps_count(tmp_path):
@@ -128,3 +131,53 @@ def test_check_real_camvid_val():
     assert report.ok, report.format()
     assert report.splits["val"].samples == 101 and report.image_sizes == {(360, 480): 101}
     assert report.class_pixels.sum() + report.ignore_pixels == 101 * 360 * 480
+
+
+def test_duplicate_list_entries_are_reported_and_the_split_still_scanned(tmp_path):
+    root = tmp_path / "cv"
+    for split in ("train", "val"):
+        for sub in (split, f"{split}annot"):
+            (root / sub).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(root / split / f"s{i}.png")
+            Image.fromarray(np.full((H, W), 3, np.uint8)).save(root / f"{split}annot" / f"s{i}.png")
+    (root / "train.txt").write_text("".join(f"/x/train/{n}.png /x/trainannot/{n}.png\n"
+                                            for n in ("s0", "s1", "s0", "s0")))
+    report = check_dataset(f"camvid:{root}")
+    assert report.problems_total == 1
+    assert "train.txt lists 1 image more than once: s0 3 times (lines 1, 3, 4)" in report.problems[0]
+    assert report.splits["train"].samples == 2 and report.splits["train"].class_pixels[3] == 2 * H * W
+    with pytest.raises(DataError, match="s0 3 times"):  # a reader building a dataset refuses them
+        build_dataset(f"camvid:{root}")
+
+
+def test_all_ignore_train_is_a_problem_and_val_a_warning(tmp_path):
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    write_pair(tmp_path, "train", "x0", np.full((H, W), 255, np.uint8))
+    write_pair(tmp_path, "val", "y0", np.full((H, W), 255, np.uint8))
+    report = check_dataset(str(tmp_path))
+    assert report.problems_total == 1 and report.problems[0].startswith("[train] every label pixel of split train is "
+                                                                        "ignore (255)")
+    assert "loss 0" in report.problems[0] and str(tmp_path / "masks" / "train") in report.problems[0]
+    assert len(report.warnings) == 1 and "[val] split val has no valid label pixels" in report.warnings[0]
+    assert report.to_dict()["warnings"] == report.warnings and "1 warning(s):" in report.format()
+    write_pair(tmp_path, "train", "x1", np.zeros((H, W), np.uint8))  # one class pixel is enough
+    report = check_dataset(str(tmp_path))
+    assert report.ok and len(report.warnings) == 1
+
+
+def test_jpg_masks_are_named_with_the_reason(tmp_path):
+    root = make_counted(tmp_path)
+    path = root / "masks/val/y0.png"
+    Image.open(path).save(path.with_suffix(".jpg"))
+    path.unlink()
+    report = check_dataset(str(root))
+    assert report.problems_total == 1 and "image without mask" not in report.problems[0]
+    assert "y0.jpg is saved as JPG and not read" in report.problems[0] and "as PNG" in report.problems[0]
+
+
+def test_a_spec_that_cannot_be_scanned_raises(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset kind 'nope'"):
+        check_dataset(f"nope:{tmp_path}")
+    with pytest.raises(DataError, match="camvid option 'foo=1' unknown"):
+        check_dataset(f"camvid:{tmp_path},foo=1")

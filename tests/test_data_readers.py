@@ -11,7 +11,7 @@ import scipy.sparse
 import torch
 from PIL import Image
 
-from attnseg.data import DataError, ade20k, build_dataset, camvid, cityscapes, folder, voc
+from attnseg.data import DataError, ade20k, build_dataset, camvid, cityscapes, folder, read_image, read_label, voc
 from attnseg.data.labels import CAMVID, CITYSCAPES, VOC, default_palette
 
 H, W = 12, 16
@@ -141,7 +141,7 @@ def test_folder_classes_file_not_matching_data(tmp_path):
     (lambda r: (r / "images/train/s0.png").rename(r / "stray.png"), "mask without image.*s0.png"),
     (lambda r: (r / "masks/train/s1.png").unlink(), "image without mask.*s1.jpg"),
     (lambda r: [p.unlink() for p in (r / "images/train").iterdir()], "images/train holds no images"),
-    (lambda r: (r / "classes.txt").write_text("a 1 2 3\nb\n"), "classes.txt cannot be read"),
+    (lambda r: (r / "classes.txt").write_text("a 1 2 3\nb\n"), "classes.txt: 1 of 2 lines give a colour"),
 ])
 def test_folder_layout_errors(tmp_path, breakage, pattern):
     root = make_folder(tmp_path / "ds")
@@ -400,3 +400,82 @@ def test_ade20k_errors(tmp_path):
     (base / "annotations/training/ADE_train_00000001.png").unlink()
     with pytest.raises(DataError, match="annotations are missing: .*ADE_train_00000001.png"):
         ade20k.build(base)
+
+
+# ----------------------------------------------------------------------------------------------- hardening
+
+
+def test_readers_refuse_duplicate_list_entries(tmp_path):
+    root = make_camvid(tmp_path / "camvid")
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "train.txt").write_text("\n".join([lines[0], lines[1], lines[0], lines[2], lines[0]]) + "\n")
+    with pytest.raises(DataError, match=r"train.txt lists 1 image more than once: 0001TP_006690 3 times "
+                                        r"\(lines 1, 3, 5\); list each image once"):
+        camvid.build(root)
+    ds = camvid.build(root, allow_duplicates=True)  # what data check does: keep the first line, record the problem
+    assert len(ds) == 3 and len(ds.problems) == 1 and "3 times" in ds.problems[0]
+    make_voc(tmp_path / "voc", train=("2007_000032", "2007_000039", "2007_000032"))
+    with pytest.raises(DataError, match=r"train.txt lists 1 image more than once: 2007_000032 2 times \(lines 1, 3\)"):
+        voc.build(tmp_path / "voc", split="train")
+    assert len(voc.build(tmp_path / "voc", split="train", allow_duplicates=True)) == 2
+
+
+def test_camvid_broken_list_lines(tmp_path):
+    root = make_camvid(tmp_path / "camvid")
+    (root / "train.txt").write_text("a/train/0001TP_006690.png a/trainannot/0001TP_006720.png\n")
+    with pytest.raises(DataError, match="line 1: image .* is paired with label .*0001TP_006720.png"):
+        camvid.build(root)
+    (root / "train.txt").write_text("a/train/0001TP_006690.png\na/train/0001TP_006720.png x y\n")
+    with pytest.raises(DataError, match="line 2: .* has 3 fields"):
+        camvid.build(root)
+    (root / "train.txt").write_text("C:\\CamVid\\train\\0001TP_006690.png C:\\CamVid\\trainannot\\0001TP_006690.png\n")
+    assert [p.stem for p, _ in camvid.build(root).samples] == ["0001TP_006690"]  # Windows paths: the name counts
+
+
+def test_sixteen_bit_labels(tmp_path):
+    path = tmp_path / "l.png"
+    Image.fromarray(quadrants(0, 1, 2, 255).astype(np.uint16)).save(path)
+    label = read_label(path)
+    assert label.dtype == np.uint8 and label[-1, -1] == 255  # values that fit in 8 bits read like an 8-bit map
+    Image.fromarray(np.full((H, W), 1000, np.uint16)).save(path)
+    assert read_label(path).dtype == np.int32 and read_label(path).max() == 1000
+
+
+def test_jpg_masks_and_unreadable_files(tmp_path):
+    root = make_folder(tmp_path / "ds")
+    Image.open(root / "masks/train/s1.png").save(root / "masks/train/s1.jpg")
+    (root / "masks/train/s1.png").unlink()
+    with pytest.raises(DataError, match="mask .*s1.jpg is saved as JPG and not read: JPEG .* lossy"):
+        folder.build(root)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty.png is empty \(0 bytes\)"):
+        read_image(tmp_path / "empty.png")
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(DataError, match="notes.png is not an image but a text file"):
+        read_label(tmp_path / "notes.png")
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ("a\nb\na\n", r"'a' on lines 1, 3"),
+    ("a 1 2 3\nb 1 2\n", "line 2: 'b 1 2' ends in two numbers"),
+    ("a 1 2 3\nb 1 2 256\n", r"line 2: colour \(1, 2, 256\) has a component outside 0..255"),
+    ("1 2 3\n", "line 1: '1 2 3' gives a colour but no class name"),
+])
+def test_classes_file_errors_name_the_line(tmp_path, content, pattern):
+    root = make_folder(tmp_path / "ds", classes=content)
+    with pytest.raises(DataError, match=pattern):
+        folder.build(root)
+
+
+def test_check_labels_and_all_ignore_training_split(tmp_path):
+    root = make_camvid(tmp_path / "camvid")
+    for p in (root / "trainannot").iterdir():
+        write_label(p, np.full((H, W), 11, np.uint8))  # void everywhere
+    with pytest.raises(DataError, match=r"every label pixel of split train is ignore \(255; stored value 11"):
+        camvid.build(root).check_labels()
+    ds = camvid.build(root, cache=True)
+    ds.load(0), ds.load(1)
+    with pytest.raises(DataError, match="training would run with loss 0"):
+        ds.load(2)  # the cache is complete: the trainer's decoding pass stops here
+    write_label(root / "trainannot/0001TP_006690.png", quadrants(11, 11, 11, 3))
+    camvid.build(root).check_labels()  # one class pixel is enough

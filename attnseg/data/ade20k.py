@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .dataset import SegmentationDataset
-from .io import IMAGE_EXTS, DataError
+from .io import IMAGE_EXTS, DataError, lossy_mask, lossy_mask_message
 from .labels import LabelSpec
 
 SPLIT_DIRS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
@@ -96,6 +96,10 @@ def list_samples(root: Path, split: str) -> list[tuple[Path, Path]]:
         raise DataError(f"ade20k split {split!r}: {image_dir} holds no images")
     samples = [(p, ann_dir / f"{p.stem}.png") for p in images]
     missing = [label for _, label in samples if not label.is_file()]
+    lossy = [p for p in (lossy_mask(ann_dir, m.stem) for m in missing) if p is not None]
+    if lossy:
+        raise DataError(f"ade20k split {split!r}: {lossy_mask_message(lossy, 'annotation')}; the reader needs "
+                        f"{ann_dir}/<image name>.png")
     if missing:
         raise DataError(f"ade20k split {split!r}: {len(missing)} annotations are missing: "
                         f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}; every image "
@@ -111,4 +115,5 @@ def build(root: str | Path, split: str = "train", transform: Callable | None = N
         SegmentationDataset of (image (H, W, 3) uint8, label (H, W) ids 0..149 or 255), spec ``ADE20K``.
     """
     samples = list_samples(resolve_root(Path(root)), split)
-    return SegmentationDataset(samples, ADE20K, transform, cache=cache, name=f"ade20k/{split}", seed=seed)
+    return SegmentationDataset(samples, ADE20K, transform, cache=cache, name=f"ade20k/{split}", seed=seed,
+                               split=split)

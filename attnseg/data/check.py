@@ -1,9 +1,11 @@
 """Scan a dataset end to end and report every problem at once: the engine behind ``attnseg data check SPEC``.
 
 Training stops at the first bad file; this check decodes every sample of every split, collects each
-DataError (corrupt or truncated image, label of the wrong size, value outside the classes, missing or
-empty split) and counts pixels per class, so that one run lists everything to fix and shows the class
-balance.
+DataError (corrupt, truncated, empty or non-image file, label of the wrong size, value outside the classes,
+missing or empty split, JPEG masks, an image listed twice in a split list) and counts pixels per class, so that
+one run lists everything to fix and shows the class balance. A training split whose every label pixel is ignore
+is a problem (training would run with loss 0); any other split without a class pixel is a warning (its scores
+would be empty, which is expected for an unlabelled test split).
 
     >>> report = check_dataset("camvid:../shared/data/camvid")
     >>> print(report.format())
@@ -11,13 +13,14 @@ balance.
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import build_dataset
-from .dataset import SegmentationDataset
+from . import READERS, build_dataset, parse_data_spec
+from .dataset import SegmentationDataset, is_training_split
 from .io import DataError
 
 
@@ -59,6 +62,7 @@ class CheckReport:
         splits: split name -> SplitStats.
         problems: one message per problem, each naming the split and the file (at most ``max_problems``).
         problems_total: number of problems found, including those past ``max_problems``.
+        warnings: findings that do not stop training (a val or test split without any class pixel).
     """
 
     spec: str
@@ -67,6 +71,7 @@ class CheckReport:
     splits: dict[str, SplitStats] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     problems_total: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -99,7 +104,7 @@ class CheckReport:
         return {"spec": self.spec, "ok": self.ok, "names": self.names, "ignore_index": self.ignore_index,
                 "splits": {k: s.to_dict() for k, s in self.splits.items()},
                 "class_pixels": self.class_pixels.tolist(), "ignore_pixels": self.ignore_pixels,
-                "problems": self.problems, "problems_total": self.problems_total}
+                "problems": self.problems, "problems_total": self.problems_total, "warnings": self.warnings}
 
     def format(self) -> str:
         """Readable report: splits, per-class pixel table (name, pixels, share %), problems."""
@@ -110,6 +115,9 @@ class CheckReport:
             lines.append(f"{name:<10} {s.samples:>8} {s.bad_samples:>6}  {sizes or '-'}{more}"
                          + (" (missing or empty)" if s.error else ""))
         lines += ["", *self._class_table(), ""]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s):")
+            lines += [f"  - {w}" for w in self.warnings]
         if self.ok:
             lines.append("no problems found")
         else:
@@ -140,9 +148,13 @@ def count_pixels(label: np.ndarray, num_classes: int, ignore_index: int) -> tupl
 
 
 def scan_split(dataset: SegmentationDataset, split: str, report: CheckReport, max_problems: int) -> SplitStats:
-    """Load every sample of ``dataset``, recording DataErrors in ``report`` and counting pixels and sizes."""
+    """Load every sample of ``dataset``, recording DataErrors in ``report`` and counting pixels and sizes; a split
+    whose loaded label maps hold no class pixel is a problem (training split) or a warning (any other)."""
     K = dataset.spec.num_classes
     stats = SplitStats(samples=len(dataset), class_pixels=np.zeros(K, np.int64))
+    for message in dataset.problems:
+        report.add_problem(f"[{split}] {message}", max_problems)
+    labelled = 0
     for i in range(len(dataset)):
         try:
             image, label = dataset.load(i)
@@ -152,10 +164,28 @@ def scan_split(dataset: SegmentationDataset, split: str, report: CheckReport, ma
             continue
         stats.sizes[image.shape[:2]] += 1
         if label is not None:
+            labelled += 1
             pixels, ignore = count_pixels(label, K, dataset.spec.ignore_index)
             stats.class_pixels += pixels
             stats.ignore_pixels += ignore
+    if labelled and not stats.class_pixels.any():
+        if is_training_split(split):
+            report.add_problem(f"[{split}] {dataset.all_ignore_message(stats.ignore_pixels, labelled)}", max_problems)
+        else:
+            report.warnings.append(
+                f"[{split}] split {split} has no valid label pixels: all {stats.ignore_pixels:,} pixels of its "
+                f"{labelled} label map{'s' if labelled != 1 else ''} are ignore ({dataset.spec.ignore_index}), so "
+                "its scores would be empty (expected for an unlabelled test split; otherwise check its label maps)")
     return stats
+
+
+def check_spec(spec: str) -> None:
+    """Raise DataError for a spec that no split could fix: an unknown kind or a reader option it does not take."""
+    kind, root = parse_data_spec(spec)
+    module = importlib.import_module(READERS[kind])
+    for name in ("parse_root", "parse_options"):
+        if hasattr(module, name):
+            getattr(module, name)(root)
 
 
 def check_dataset(spec: str, splits: tuple[str, ...] | list[str] = ("train", "val"), max_problems: int = 1000,
@@ -168,12 +198,15 @@ def check_dataset(spec: str, splits: tuple[str, ...] | list[str] = ("train", "va
         max_problems: keep at most this many messages (all are counted in ``problems_total``).
         reader_kwargs: passed to the reader (e.g. ignore_index, reduce_zero_label for folder datasets).
     Returns:
-        CheckReport with per-split stats, per-class pixel counts and the problem list.
+        CheckReport with per-split stats, per-class pixel counts, the problem list and warnings.
+    Raises:
+        DataError for a spec that names an unknown kind or an option the reader does not take (nothing to scan).
     """
+    check_spec(spec)
     report = CheckReport(spec=spec)
     for split in splits:
         try:
-            dataset = build_dataset(spec, split=split, **reader_kwargs)
+            dataset = build_dataset(spec, split=split, allow_duplicates=True, **reader_kwargs)
         except DataError as e:
             report.splits[split] = SplitStats(error=str(e))
             report.add_problem(f"[{split}] {e}", max_problems)

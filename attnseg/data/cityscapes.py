@@ -99,4 +99,4 @@ def build(root: str | Path, split: str = "train", transform: Callable | None = N
         samples, train_ids = list_samples(root, split, use_train_ids)
     lut = None if train_ids else train_id_lut(CITYSCAPES.ignore_index)
     return SegmentationDataset(samples, CITYSCAPES, transform, label_lut=lut, cache=cache,
-                               name=f"cityscapes/{split}", seed=seed)
+                               name=f"cityscapes/{split}", seed=seed, split=split)

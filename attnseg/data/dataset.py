@@ -1,7 +1,9 @@
 """The dataset every reader returns: a list of (image, label) file pairs plus a LabelSpec.
 
 Each loaded sample is checked (image decodes, label size equals image size, label values are classes or
-ignore) and a failure raises DataError naming the file, in the main process or a worker alike.
+ignore) and a failure raises DataError naming the file, in the main process or a worker alike. A training split
+whose label maps hold no class pixel at all (every pixel ignore: the loss would be 0) raises DataError when its
+cache is complete (the trainer decodes every training sample first) or from ``check_labels``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import torch
 
 from .io import DataError, read_image, read_label
 from .labels import LabelSpec
+
+
+def is_training_split(split: str | None) -> bool:
+    """Splits that are trained on: "train", "trainval", "train_aug", ..., and the folder reader's "all"."""
+    return split is not None and (split.startswith("train") or split == "all")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -34,12 +41,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
             labelIds -> trainIds); applied before ``spec.encode``.
         cache: keep decoded images and labels in memory (CamVid train: ~190 MB).
         name: dataset name used in messages.
+        split: the split name ("train", "val", ...); a training split (``is_training_split``) must hold at least
+            one class pixel.
+        label_hint: what to check when a label value is out of range (default: ignore_index / classes file).
+        problems: problems the reader tolerated while listing the samples (``check_dataset`` reports them).
     Items are dicts: ``image`` (3, H, W) float, ``label`` (H, W) int64 (absent without labels), ``name``.
     """
 
     def __init__(self, samples: list[tuple[Path, Path | None]], spec: LabelSpec,
                  transform: Callable | None = None, label_lut: np.ndarray | None = None, cache: bool = False,
-                 name: str = "dataset", seed: int = 0):
+                 name: str = "dataset", seed: int = 0, split: str | None = None, label_hint: str | None = None,
+                 problems: list[str] | None = None):
         if not samples:
             raise DataError(f"{name}: no samples found; check the dataset root and the split name")
         self.samples = [(Path(i), None if l is None else Path(l)) for i, l in samples]
@@ -50,6 +62,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.name = name
         self.seed = seed
         self.epoch = 0
+        self.split = split
+        self.label_hint = label_hint or "set ignore_index or check the palette / classes file"
+        self.problems = list(problems or [])
 
     def __len__(self):
         return len(self.samples)
@@ -75,7 +90,60 @@ class SegmentationDataset(torch.utils.data.Dataset):
             label = self.to_ids(raw, label_path)
         if self.cache is not None:
             self.cache[index] = (image, label)
+            if len(self.cache) == len(self.samples) and is_training_split(self.split):
+                self.check_not_all_ignore(lab for _, lab in self.cache.values())
         return image, label
+
+    def check_labels(self, require_classes: bool | None = None) -> None:
+        """Decode every sample (filling the cache when there is one): the first bad file raises DataError, and so
+        does a split whose label maps hold no class pixel when ``require_classes`` (default: a training split)."""
+        K, any_class, pixels, maps = self.spec.num_classes, False, 0, 0
+        for i in range(len(self)):  # every file, not only up to the first class pixel; no label kept
+            label = self.load(i)[1]
+            if label is None or any_class:
+                continue
+            any_class = bool(np.any((label >= 0) & (label < K)))
+            pixels, maps = pixels + label.size, maps + 1
+        if require_classes is None:
+            require_classes = is_training_split(self.split)
+        if maps and not any_class and require_classes:
+            raise DataError(self.all_ignore_message(pixels, maps))
+
+    def check_not_all_ignore(self, labels) -> None:
+        """Raise DataError (``all_ignore_message``) when no label map of ``labels`` holds a class pixel."""
+        K, pixels, maps = self.spec.num_classes, 0, 0
+        for label in labels:
+            if label is None:
+                continue
+            if np.any((label >= 0) & (label < K)):
+                return
+            pixels, maps = pixels + label.size, maps + 1
+        if maps:
+            raise DataError(self.all_ignore_message(pixels, maps))
+
+    def all_ignore_message(self, pixels: int, maps: int | None = None) -> str:
+        """Every label pixel of this split is ignore: which files, why that is fatal, and what to check."""
+        maps = len(self.samples) if maps is None else maps
+        folders = sorted({str(l.parent) for _, l in self.samples if l is not None})
+        where = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else "")
+        split = self.split or self.name
+        causes = []
+        if self.label_lut is not None:
+            ignored = [v for v in range(len(self.label_lut))
+                       if self.label_lut[v] == self.spec.ignore_index and v != self.spec.ignore_index]
+            if ignored and len(ignored) <= 8:
+                causes.append(f"stored value{'s' if len(ignored) > 1 else ''} {', '.join(map(str, ignored))} "
+                              f"{'are' if len(ignored) > 1 else 'is'} read as ignore by {self.name}")
+            elif ignored:
+                causes.append(f"{len(ignored)} stored values are read as ignore by {self.name}")
+        if self.spec.reduce_zero_label:
+            causes.append("reduce_zero_label makes stored 0 ignore")
+        why = "".join(f"; {c}" for c in causes)
+        return (f"every label pixel of split {split} is ignore ({self.spec.ignore_index}{why}): {pixels:,} pixels in "
+                f"{maps} label map{'s' if maps != 1 else ''} under {where}, none of the {self.spec.num_classes} "
+                f"classes of {self.name}; training would run with loss 0. Check that the label maps hold class ids "
+                f"0..{self.spec.num_classes - 1} (not colours or 0/255 masks) and the ignore_index / "
+                "reduce_zero_label settings")
 
     def read_raw_label(self, label_path: Path) -> np.ndarray:
         """Stored label values of one file; readers of other formats (SBD .mat) override this."""
@@ -85,17 +153,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Stored values -> class ids, with the range check that names the file."""
         if self.label_lut is not None:
             if raw.max(initial=0) >= len(self.label_lut) or raw.min(initial=0) < 0:
-                raise DataError(f"label value {int(raw.max())} in {label_path} is outside the mapping table "
-                                f"of {self.name} ({len(self.label_lut)} entries); check the label format")
+                values = np.unique(raw)
+                self._range_error(values[(values < 0) | (values >= len(self.label_lut))], raw, label_path)
             raw = self.label_lut[raw]
         label = self.spec.encode(raw)
         bad = self.spec.invalid_values(label)
         if len(bad):
-            raise DataError(
-                f"label value {int(bad[0])} in {label_path} exceeds the {self.spec.num_classes} classes of "
-                f"{self.name} (values found outside [0, {self.spec.num_classes}) and ignore "
-                f"{self.spec.ignore_index}: {bad.tolist()[:10]}); set ignore_index or check the palette / classes file")
+            self._range_error(bad, raw, label_path)
         return label
+
+    def _range_error(self, bad: np.ndarray, raw: np.ndarray, label_path) -> None:
+        # read_label gives int32 only for 16/32-bit maps whose values do not fit in 8 bits
+        depth = f" (a {16 if raw.max(initial=0) < 65536 else 32}-bit label map)" if raw.dtype == np.int32 else ""
+        raise DataError(
+            f"label value {int(bad[0])} in {label_path}{depth} exceeds the {self.spec.num_classes} classes of "
+            f"{self.name} (values found outside [0, {self.spec.num_classes}) and ignore "
+            f"{self.spec.ignore_index}: {bad.tolist()[:10]}); {self.label_hint}")
 
     def __getitem__(self, index: int) -> dict:
         image, label = self.load(index)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import SegmentationDataset
-from .io import IMAGE_EXTS, DataError
-from .labels import LabelSpec
+from .io import IMAGE_EXTS, DataError, lossy_mask, lossy_mask_message
+from .labels import LabelSpec, check_unique_names
 
 CLASSES_FILES = ("classes.txt", "classes.json")
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")  # lossless only: a JPEG mask would blur class ids
@@ -68,9 +68,16 @@ def load_classes(root: Path, **spec_kwargs) -> tuple[LabelSpec, Path]:
                         "name per line (optionally followed by R G B), the class of mask value 0 first")
     try:
         if path.suffix == ".json" and isinstance(names := json.loads(path.read_text()), list):
+            check_unique_names([str(n) for n in names], where=f"classes file {path}: ")
             return LabelSpec(names=names, **spec_kwargs), path  # a plain JSON list of names
         return LabelSpec.from_classes_file(path, **spec_kwargs), path
+    except UnicodeDecodeError as e:
+        raise DataError(f"classes file {path} is not a text file ({e}); write one class per line, `name` or "
+                        "`name R G B`") from e
     except (ValueError, KeyError, TypeError) as e:
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if str(path) in msg:  # the parser's own message: names the file, the line and the fix
+            raise DataError(msg) from e
         raise DataError(f"classes file {path} cannot be read ({e}); write one class per line, `name` or "
                         "`name R G B`, or JSON {\"names\": [...], \"palette\": [[r, g, b], ...]}") from e
 
@@ -107,6 +114,10 @@ def pair_folder(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
         raise DataError(f"folder dataset: {image_dir} holds no images ({', '.join(IMAGE_EXTS)}); "
                         "the split is empty")
     lonely_images = [images[s] for s in images if s not in masks]
+    lossy = [p for p in (lossy_mask(mask_dir, im.stem) for im in lonely_images) if p is not None]
+    if lossy:
+        raise DataError(f"folder dataset: {lossy_mask_message(lossy)}; the reader needs {mask_dir}/<image name>.png "
+                        f"(or {', '.join(MASK_EXTS[1:])})")
     if lonely_images:
         raise DataError(f"folder dataset: image without mask: {_names(lonely_images)}; add "
                         f"{mask_dir}/<same name>.png for each, or remove the image")
@@ -120,6 +131,9 @@ def pair_folder(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
 def list_samples(root: Path, split: str) -> list[tuple[Path, Path]]:
     """(image, mask) pairs of one split, in file-name order."""
     images_root = root / "images"
+    if not root.is_dir():
+        raise DataError(f"folder dataset root {root} does not exist; give the folder that holds images/, masks/ "
+                        "and classes.txt (for example folder:/data/my_set or just /data/my_set)")
     if not images_root.is_dir():
         raise DataError(f"folder dataset {root}: images folder {images_root} does not exist; expected "
                         "root/images/<split>/*.jpg, root/masks/<split>/*.png and root/classes.txt")
@@ -157,4 +171,4 @@ def build(root: str | Path, split: str = "train", transform: Callable | None = N
     samples = list_samples(root, split)
     spec, classes_file = load_classes(root, **spec_kwargs)
     return FolderDataset(samples, spec, transform, cache=cache, name=f"folder:{root.name}/{split}", seed=seed,
-                         classes_file=classes_file)
+                         classes_file=classes_file, split=split)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,24 @@ def default_palette(n: int) -> list[tuple[int, int, int]]:
 def hue_palette(n: int) -> list[tuple[int, int, int]]:
     """Evenly spaced hues: better than the VOC palette when no colour should be black."""
     return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / max(n, 1), 0.65, 0.95)) for i in range(n)]
+
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def check_unique_names(names: list[str], lines: list[int] | None = None, where: str = "") -> None:
+    """ValueError naming each class listed more than once (with its line numbers when given); ``where`` starts the
+    message (e.g. "classes file X: ")."""
+    found: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        found.setdefault(name, []).append(lines[i] if lines else i)
+    dups = {n: w for n, w in found.items() if len(w) > 1}
+    if dups:
+        how = "lines" if lines else "positions (from 0)"
+        shown = "; ".join(f"{n!r} on {how} {', '.join(map(str, w))}" for n, w in list(dups.items())[:5])
+        raise ValueError(f"{where}class name{'s' if len(dups) > 1 else ''} listed more than once: {shown}; list "
+                         "each class once (its position is its mask value): merge the classes in the masks or rename "
+                         "one")
 
 
 @dataclass
@@ -114,26 +133,41 @@ class LabelSpec:
             raise FileNotFoundError(f"classes file {path} does not exist; write one class name per line")
         if path.suffix == ".json":
             d = json.loads(path.read_text())
+            check_unique_names([str(n) for n in d["names"]], where=f"classes file {path}: ")
             return cls.from_dict({**d, **kwargs})
-        names, palette = [], []
+        names, palette, lines = [], [], []
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             parts = line.replace(",", " ").split()
-            if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
+            numbers = 0
+            while numbers < len(parts) and _INT.fullmatch(parts[-1 - numbers]):
+                numbers += 1
+            if numbers == len(parts) and numbers in (3, 4):
+                raise ValueError(f"classes file {path}, line {lineno}: {line!r} gives a colour but no class name; "
+                                 "write `name R G B`")
+            if numbers >= 3:
                 rgb = tuple(int(p) for p in parts[-3:])
-                if any(v > 255 for v in rgb):
-                    raise ValueError(f"{path}:{lineno}: colour {rgb} has a component above 255")
+                if any(not 0 <= v <= 255 for v in rgb):
+                    raise ValueError(f"classes file {path}, line {lineno}: colour {rgb} has a component outside "
+                                     "0..255; "
+                                     "write R G B as three integers 0-255")
                 names.append(" ".join(parts[:-3]))
                 palette.append(rgb)
+            elif numbers == 2:
+                raise ValueError(f"classes file {path}, line {lineno}: {line!r} ends in two numbers, not a colour; "
+                                 "a colour is three integers R G B (0-255) after the name")
             else:
                 names.append(line)
+            lines.append(lineno)
         if not names:
-            raise ValueError(f"classes file {path} lists no classes; write one class name per line")
+            raise ValueError(f"classes file {path} lists no classes; write one class name per line (optionally "
+                             "followed by R G B), the class of mask value 0 first")
         if palette and len(palette) != len(names):
             raise ValueError(f"classes file {path}: {len(palette)} of {len(names)} lines give a colour; "
                              "give a colour on every line or on none")
+        check_unique_names(names, lines, where=f"classes file {path}: ")
         return cls(names=names, palette=palette, **kwargs)
 
 

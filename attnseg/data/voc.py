@@ -34,7 +34,7 @@ import numpy as np
 import scipy.io
 
 from .dataset import SegmentationDataset
-from .io import DataError
+from .io import DataError, duplicate_entries_message, read_split_list
 from .labels import VOC
 
 SPLITS = ("train", "val", "trainval", "train_aug")
@@ -90,15 +90,21 @@ def resolve_sbd(voc_root: Path, sbd_root: str | Path | None) -> Path:
                     "http://home.bharathh.info/pubs/codes/SBD/download.html and pass sbd_root=.../benchmark_RELEASE")
 
 
-def read_ids(list_file: Path) -> list[str]:
-    """Image ids of a split list (first word of each non-empty line)."""
+def read_ids(list_file: Path, duplicates: list[str] | None = None) -> list[str]:
+    """Image ids of a split list (first word of each non-empty line). An id listed twice raises DataError; with
+    ``duplicates`` (a list) the message is appended there instead and only the first line is kept."""
     if not list_file.is_file():
         raise DataError(f"voc split list {list_file} does not exist; VOC 2012 has {', '.join(SPLITS[:3])} "
                         "(and train_aug with SBD)")
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
-    if not ids:
+    entries = [(lineno, fields[0]) for lineno, _, fields in read_split_list(list_file, "voc split list")]
+    if not entries:
         raise DataError(f"voc split list {list_file} is empty; it should list one image id per line")
-    return ids
+    message = duplicate_entries_message(list_file, entries, "voc split list")
+    if message:
+        if duplicates is None:
+            raise DataError(message)
+        duplicates.append(message)
+    return list(dict.fromkeys(i for _, i in entries))
 
 
 def voc_samples(root: Path, ids: list[str]) -> list[tuple[Path, Path]]:
@@ -111,11 +117,12 @@ def voc_samples(root: Path, ids: list[str]) -> list[tuple[Path, Path]]:
     return samples
 
 
-def train_aug_samples(root: Path, sbd: Path) -> list[tuple[Path, Path]]:
+def train_aug_samples(root: Path, sbd: Path, duplicates: list[str] | None = None) -> list[tuple[Path, Path]]:
     """(VOC train ∪ SBD train ∪ SBD val) - VOC val, VOC labels first, SBD .mat otherwise; sorted by id."""
     split_dir = root / "ImageSets" / "Segmentation"
-    ids = set(read_ids(split_dir / "train.txt")) | set(read_ids(sbd / "train.txt")) | set(read_ids(sbd / "val.txt"))
-    ids -= set(read_ids(split_dir / "val.txt"))
+    ids = (set(read_ids(split_dir / "train.txt", duplicates)) | set(read_ids(sbd / "train.txt", duplicates))
+           | set(read_ids(sbd / "val.txt", duplicates)))
+    ids -= set(read_ids(split_dir / "val.txt", duplicates))
     samples = []
     for i in sorted(ids):
         image = root / "JPEGImages" / f"{i}.jpg"
@@ -131,18 +138,23 @@ def train_aug_samples(root: Path, sbd: Path) -> list[tuple[Path, Path]]:
 
 
 def build(root: str | Path, split: str = "train", transform: Callable | None = None, cache: bool = False,
-          seed: int = 0, sbd_root: str | Path | None = None, **_) -> VOCDataset:
+          seed: int = 0, sbd_root: str | Path | None = None, allow_duplicates: bool = False, **_) -> VOCDataset:
     """PASCAL VOC 2012 ``split`` ("train", "val", "trainval" or "train_aug").
 
+    Args:
+        allow_duplicates: keep the first line of an id listed twice and record the problem in
+            ``dataset.problems`` (what ``attnseg data check`` does) instead of raising DataError.
     Returns:
         VOCDataset of (image (H, W, 3) uint8, label (H, W) ids 0..20 or 255) samples, spec ``labels.VOC``.
     """
     root = resolve_root(Path(root))
+    duplicates: list[str] | None = [] if allow_duplicates else None
     if split == "train_aug" or (split == "train" and sbd_root is not None):
-        samples = train_aug_samples(root, resolve_sbd(root, sbd_root))
+        samples = train_aug_samples(root, resolve_sbd(root, sbd_root), duplicates)
         split = "train_aug"
     elif split in SPLITS:
-        samples = voc_samples(root, read_ids(root / "ImageSets" / "Segmentation" / f"{split}.txt"))
+        samples = voc_samples(root, read_ids(root / "ImageSets" / "Segmentation" / f"{split}.txt", duplicates))
     else:
         raise DataError(f"voc has no split {split!r}; choose one of {', '.join(SPLITS)}")
-    return VOCDataset(samples, VOC, transform, cache=cache, name=f"voc/{split}", seed=seed)
+    return VOCDataset(samples, VOC, transform, cache=cache, name=f"voc/{split}", seed=seed, split=split,
+                      problems=duplicates)

@@ -73,11 +73,159 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda
     progress: bool = True
 
+    def __post_init__(self):
+        """Types are enforced: every value is converted to its field's type (``"1e-3"`` -> 0.001, ``[180, 240]``
+        -> (180, 240)) or rejected with the key, the value and what was expected; then ranges are checked."""
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
+        validate(self)
 
-def _coerce(name: str, value, ftype):
-    if isinstance(value, list) and name in ("crop", "scale_range", "eval_crop", "eval_stride", "eval_scales"):
-        return tuple(value)
-    return value
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range: the message names the key, the value and what is expected."""
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_NONE = ("null", "none", "~", "")
+# tuple fields: (element type, length or None for any length >= 1)
+_TUPLES = {"crop": (int, 2), "scale_range": (float, 2), "eval_crop": (int, 2), "eval_stride": (int, 2),
+           "eval_scales": (float, None)}
+CHOICES = {"optimizer": ("adamw", "sgd"), "precision": ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16",
+                                                         "float16"),
+           "eval_mode": ("whole", "slide")}
+
+
+def _bad(key, value, expected: str) -> ConfigError:
+    return ConfigError(f"config key {key}: {value!r} is not {expected}")
+
+
+def _to_int(key, v):
+    if isinstance(v, bool):
+        raise _bad(key, v, "an integer")
+    if isinstance(v, int):
+        return v
+    try:
+        f = float(v)  # "1e4" (YAML 1.1 reads it as a string), 2000.0
+    except (TypeError, ValueError):
+        raise _bad(key, v, "an integer") from None
+    if not f.is_integer():
+        raise _bad(key, v, "an integer")
+    return int(f)
+
+
+def _to_float(key, v):
+    if isinstance(v, bool):
+        raise _bad(key, v, "a number")
+    if isinstance(v, (int, float)):
+        return float(v)
+    try:
+        return float(v)  # "1e-3": YAML 1.1 reads exponents without a dot as strings
+    except (TypeError, ValueError):
+        raise _bad(key, v, "a number (for example 0.002 or 2e-3)") from None
+
+
+def _to_bool(key, v):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+        return v.strip().lower() in _TRUE
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise _bad(key, v, "true or false")
+
+
+def _to_str(key, v):
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise _bad(key, v, "a string")
+
+
+def _to_tuple(key, v):
+    etype, n = _TUPLES[key]
+    if isinstance(v, str):  # crop=180,240 or 180x240
+        v = [x for x in v.replace("x", ",").split(",") if x.strip()]
+    elif isinstance(v, (int, float)) and not isinstance(v, bool) and n is None:
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v or (n is not None and len(v) != n):
+        shape = f"{n} numbers" if n else "one or more numbers"
+        raise _bad(key, v, f"{shape} (for example {key}=[{', '.join(['180', '240'][:n or 1])}])")
+    conv = _to_int if etype is int else _to_float
+    return tuple(conv(key, x) for x in v)
+
+
+def _coerce(key: str, value, ftype: str):
+    """Convert ``value`` to the field's declared type (a string, as the module uses postponed annotations)."""
+    optional = "None" in ftype
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NONE):
+        if optional:
+            return None
+        raise ConfigError(f"config key {key}: may not be empty (null); expected {ftype}")
+    if key == "class_weights":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [_to_float(key, x) for x in value]
+        raise _bad(key, value, 'null, "median_freq" or a list of one weight per class')
+    base = ftype.replace("| None", "").strip()
+    if key in _TUPLES:
+        return _to_tuple(key, value)
+    if base == "dict":
+        if not isinstance(value, dict):
+            raise _bad(key, value, "a mapping (for example model_kwargs={variant: 8s})")
+        return dict(value)
+    return {"int": _to_int, "float": _to_float, "bool": _to_bool, "str": _to_str}[base](key, value)
+
+
+def _check(cond: bool, key: str, value, must: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key}: {value!r} is not allowed; {must}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Reject nonsense values before any work starts (each message names the key, the value and the rule)."""
+    c = cfg
+    _check(c.batch_size >= 1, "batch_size", c.batch_size, "it must be an integer >= 1 (images per step and process)")
+    _check(c.iters >= 0, "iters", c.iters, "it must be >= 0 (optimiser steps)")
+    _check(c.time_budget is None or c.time_budget > 0, "time_budget", c.time_budget,
+           "it must be > 0 minutes, or null for a budget of iters steps")
+    _check(all(v >= 1 for v in c.crop), "crop", list(c.crop), "both sides must be >= 1 pixel, e.g. crop=[180,240]")
+    _check(all(v > 0 for v in c.scale_range), "scale_range", list(c.scale_range),
+           "both factors must be > 0, e.g. scale_range=[0.5,2.0]")
+    _check(c.scale_range[0] <= c.scale_range[1], "scale_range", list(c.scale_range), "it must be [low, high]")
+    _check(c.base_scale > 0, "base_scale", c.base_scale, "it must be > 0 (1.0 = full resolution)")
+    _check(c.test_scale is None or c.test_scale > 0, "test_scale", c.test_scale, "it must be > 0 or null")
+    _check(all(v > 0 for v in c.eval_scales), "eval_scales", list(c.eval_scales), "every scale must be > 0")
+    for key in ("eval_crop", "eval_stride"):
+        v = getattr(c, key)
+        _check(v is None or all(x >= 1 for x in v), key, v and list(v), "both sides must be >= 1 pixel, or null")
+    _check(0 < c.cat_max_ratio <= 1, "cat_max_ratio", c.cat_max_ratio, "it must be in (0, 1]")
+    _check(c.workers >= 0, "workers", c.workers, "it must be >= 0 (0 = load in the main process)")
+    _check(c.lr > 0, "lr", c.lr, "it must be > 0")
+    for key in ("weight_decay", "min_lr", "poly_power", "aux_weight", "embedding_weight", "class_weight_power"):
+        _check(getattr(c, key) >= 0, key, getattr(c, key), "it must be >= 0")
+    _check(0 <= c.momentum < 1, "momentum", c.momentum, "it must be in [0, 1)")
+    _check(0 <= c.warmup_ratio <= 1, "warmup_ratio", c.warmup_ratio, "it must be in [0, 1]")
+    _check(c.warmup_iters >= 0, "warmup_iters", c.warmup_iters, "it must be >= 0")
+    _check(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "it must be in [0, 1)")
+    _check(c.grad_clip is None or c.grad_clip > 0, "grad_clip", c.grad_clip, "it must be > 0, or null for none")
+    _check(c.val_interval >= 0, "val_interval", c.val_interval, "it must be >= 0 (0 = validate only at the end)")
+    _check(c.val_max_images is None or c.val_max_images >= 1, "val_max_images", c.val_max_images,
+           "it must be >= 1, or null for the whole split")
+    _check(c.log_interval >= 1, "log_interval", c.log_interval, "it must be >= 1")
+    _check(c.ckpt_interval >= 0, "ckpt_interval", c.ckpt_interval, "it must be >= 0 (0 = save only at the end)")
+    for key, choices in CHOICES.items():
+        _check(getattr(c, key) in choices, key, getattr(c, key), f"choose one of {', '.join(choices)}")
+    _check(isinstance(c.class_weights, (list, type(None))) or c.class_weights == "median_freq", "class_weights",
+           c.class_weights, 'use null, "median_freq" or a list of one weight per class')
+    _check(isinstance(c.class_weights, (str, type(None))) or len(c.class_weights) > 0, "class_weights",
+           c.class_weights, "give one weight per class")
+    _check(bool(c.model), "model", c.model, "name a model (attnseg models lists them)")
+    _check(bool(c.data), "data", c.data, "name a dataset, e.g. data=camvid:../shared/data/camvid")
+    _check(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device", c.device,
+           "choose auto, cpu, cuda or cuda:N")
+    return cfg
 
 
 def config_from_dict(d: dict) -> TrainConfig:
@@ -85,7 +233,15 @@ def config_from_dict(d: dict) -> TrainConfig:
     unknown = sorted(set(d) - set(names))
     if unknown:
         raise KeyError(f"unknown config keys {unknown}; valid keys: {', '.join(sorted(names))}")
-    return TrainConfig(**{k: _coerce(k, v, names[k].type) for k, v in d.items()})
+    return TrainConfig(**d)
+
+
+def _yaml_value(key: str, raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}={raw!r} cannot be read as a YAML value ({getattr(e, 'problem', e)}); "
+                          f"quote it or write lists as [a,b]") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -93,30 +249,71 @@ def parse_overrides(pairs: list[str]) -> dict:
     for p in pairs:
         key, sep, raw = p.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {p!r} is not key=value (for example lr=0.01)")
+            raise ConfigError(f"override {p!r} is not key=value (for example lr=0.01)")
         if "." in key:  # model_kwargs.variant=8s
             head, _, sub = key.partition(".")
-            out.setdefault(head, {})[sub] = yaml.safe_load(raw)
-        else:
-            out[key] = yaml.safe_load(raw)
+            out.setdefault(head, {})[sub] = _yaml_value(key, raw)
+        else:  # given twice: the last one wins, as later overrides win over earlier ones everywhere
+            out[key] = _yaml_value(key, raw)
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+def read_yaml_config(path: Path) -> dict:
+    """A config file's mapping; malformed YAML names the file, the line and the column."""
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path}{where}: {what}; each line must be `key: value` "
+                          "(see configs/ for examples)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; give a YAML file (see configs/)") from None
+    d = d or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of `key: value` lines, not a {type(d).__name__}")
+    return d
+
+
+def budget_rule(d: dict, ov: dict) -> str:
+    """One rule for ``iters`` against ``time_budget``: the command line wins over the file, and setting both on
+    the command line is an error. Edits ``d`` (the merged values) and returns a line saying which budget holds."""
+    cli_iters, cli_time = "iters" in ov, ov.get("time_budget") is not None
+    if cli_iters and cli_time:
+        raise ConfigError("iters= and time_budget= are both given on the command line; give one "
+                          "(iters = optimiser steps, time_budget = minutes)")
+    if cli_iters and d.get("time_budget") is not None:
+        note = (f"budget: {d['iters']} steps (iters= on the command line overrides the config file's "
+                f"time_budget={d['time_budget']} min)")
+        d["time_budget"] = None
+        return note
+    if d.get("time_budget") is not None:
+        src = "command line" if cli_time else "config file"
+        extra = " (iters is ignored: the schedule follows time)" if "iters" in d else ""
+        return f"budget: {d['time_budget']} min from the {src}{extra}"
+    return f"budget: {d.get('iters', TrainConfig.iters)} steps"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                notes: list[str] | None = None) -> TrainConfig:
+    """File values, then command-line overrides, converted to each field's type and validated. ``notes`` (a list)
+    receives the line saying which training budget is in force."""
     d = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
-        d = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"config file {path} must hold a mapping of key: value lines")
+        d = read_yaml_config(path)
     ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
     for k, v in ov.items():
         if isinstance(v, dict) and isinstance(d.get(k), dict):
             d[k] = {**d[k], **v}
         else:
             d[k] = v
+    note = budget_rule(d, ov)
+    if notes is not None:
+        notes.append(note)
     return config_from_dict(d)
 
 

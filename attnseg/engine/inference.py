@@ -12,7 +12,7 @@ The result is always (B, K, H, W) at the input's resolution: the metric is compu
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,35 @@ def infer(model, images: torch.Tensor, cfg: InferenceConfig, num_classes: int, a
         probs = logits.softmax(1)
         total = probs if total is None else total + probs
     return total / len(views)
+
+
+# the estimate is of tensors only (no allocator slack or library scratch); measured 0.7-1.2x of the real peak
+MEMORY_SAFETY = 1.5
+
+
+def plan_memory(model, image_hw: tuple[int, int], cfg: InferenceConfig, num_classes: int, limit_bytes: float,
+                fallback_crop: tuple[int, int] | None) -> tuple[InferenceConfig, str | None]:
+    """Keep an inference under ``limit_bytes``: estimate its memory first (``engine.memory``), switch a whole-image
+    inference that would exceed the limit to sliding windows of ``fallback_crop``, and stop with the figures and
+    the fix when even that does not fit. Returns (the config to use, a line saying what was decided or None)."""
+    from .memory import format_bytes, inference_peak_bytes
+
+    need = MEMORY_SAFETY * inference_peak_bytes(model, image_hw, cfg, num_classes)
+    if need <= limit_bytes:
+        return cfg, None
+    what = f"inference of a {image_hw[1]}x{image_hw[0]} image ({cfg.describe()}) needs about {format_bytes(need)}"
+    if cfg.mode == "whole" and fallback_crop:
+        # one window at a time, of 512 px (few windows, little overlap) or the training crop where that is larger;
+        # then of the training crop
+        crops = dict.fromkeys([tuple(max(512, int(c)) for c in fallback_crop), tuple(int(c) for c in fallback_crop)])
+        for crop in crops:
+            slide = replace(cfg, mode="slide", crop=crop, stride=None, window_batch=1)
+            need_slide = MEMORY_SAFETY * inference_peak_bytes(model, image_hw, slide, num_classes)
+            if need_slide <= limit_bytes:
+                return slide, (f"{what}, over the limit of {format_bytes(limit_bytes)}: using sliding windows "
+                               f"instead ({slide.describe()}, about {format_bytes(need_slide)})")
+    raise ValueError(f"{what}, over the limit of {format_bytes(limit_bytes)} (--max-memory); give a smaller "
+                     "image, --mode slide with a smaller --crop, or a larger --max-memory if the machine has it")
 
 
 @torch.no_grad()

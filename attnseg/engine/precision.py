@@ -24,9 +24,19 @@ def cpu_has_native_bf16() -> bool:
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but CUDA is not available; use device=cpu or device=auto")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} unknown; use auto, cpu, cuda or cuda:N") from None
+    if d.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device} was asked for but CUDA is not available on this machine; use "
+                             "device=cpu or device=auto")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return d
 
 

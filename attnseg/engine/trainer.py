@@ -33,6 +33,10 @@ from .precision import Precision, resolve_device
 log = logging.getLogger("attnseg")
 
 
+class NonFiniteLoss(FloatingPointError):
+    """Training stopped on NaN/Inf; the message says which step the kept checkpoint holds."""
+
+
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Yields this rank's share of each global batch of epoch ``epoch``, starting at global batch ``start``.
 
@@ -104,6 +108,27 @@ class JsonLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def rewind(self, step: int) -> int:
+        """Drop the records of steps after ``step`` (logged after the checkpoint a resume starts from, so they will
+        be logged again) and any half-written last line; returns how many records were dropped. Without this, a
+        resumed run's learning curve would loop back."""
+        if self.path is None or not self.path.is_file():
+            return 0
+        keep, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                dropped += 1
+                continue
+            if rec.get("kind") in ("train", "val") and rec.get("step", 0) > step:
+                dropped += 1
+            else:
+                keep.append(line)
+        if dropped:
+            ckpt_io.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
+        return dropped
+
 
 def class_weights_for(cfg: TrainConfig, dataset, run_dir: Path) -> np.ndarray | None:
     if cfg.class_weights is None:
@@ -145,10 +170,12 @@ class Trainer:
         if self.val_set.spec.names != self.spec.names:
             raise ValueError(f"train and val datasets have different classes: {self.spec.names} vs "
                              f"{self.val_set.spec.names}")
-        if cfg.cache:  # decode (and check) every training sample once, before workers fork
-            for i in range(len(self.train_set)):
-                self.train_set.load(i)
+        # the model first: a wrong name or option fails in a second, before minutes of decoding
         self.model = create_model(cfg.model, num_classes=self.spec.num_classes, **cfg.model_kwargs)
+        # decode and check every sample once before training (and before workers fork; fills the caches when
+        # cache=true): a bad file or an all-ignore training split stops here, not at step 900 or at validation
+        self.train_set.check_labels(require_classes=True)
+        self.val_set.check_labels()
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.class_weights = class_weights_for(cfg, self.train_set, self.run_dir)
         self.optimizer = build_optimizer(cfg, self.model)
@@ -158,6 +185,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
         self.best = -1.0
         self.last_metrics = None
+        self.saved_step = None  # the step that last.pt holds (None: no checkpoint written or found yet)
         self.log = JsonLog(self.run_dir / "log.jsonl" if self.main else None)
         self.git = git_hash()
         self._maybe_resume()
@@ -193,6 +221,12 @@ class Trainer:
     def _maybe_resume(self):
         path = self.run_dir / "checkpoints" / "last.pt"
         if not (self.cfg.resume and path.is_file()):
+            if self.main and (self.run_dir / "log.jsonl").is_file():
+                why = ("resume=false" if not self.cfg.resume else
+                       f"no checkpoint was written there yet ({path} does not exist)")
+                dropped = self.log.rewind(0)
+                print(f"starting from step 0 in {self.run_dir}, which holds an earlier log: {why}"
+                      + (f"; its {dropped} step records are dropped from log.jsonl" if dropped else ""), flush=True)
             return
         state = ckpt_io.load_training_state(path)
         if state["meta"].get("model") != self.cfg.model:
@@ -209,19 +243,37 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.saved_step = self.step
         if self.main:
-            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})",
-                  flush=True)
+            dropped = self.log.rewind(self.step)
+            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})"
+                  + (f"; {dropped} log records after step {self.step} are dropped and will be logged again"
+                     if dropped else ""), flush=True)
 
-    def save(self):
+    def save(self) -> bool:
+        """Write last.pt; refuses (returns False) when the model or optimiser holds NaN/Inf, so that last.pt always
+        holds the last finite state."""
         if not self.main:
-            return
+            return True
         state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                  "elapsed": self.elapsed, "best": self.best}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
-        ckpt_io.save_training_state(self.run_dir / "checkpoints" / "last.pt", self.model, self.optimizer, state,
-                                    self.meta())
+        try:
+            ckpt_io.save_training_state(self.run_dir / "checkpoints" / "last.pt", self.model, self.optimizer, state,
+                                        self.meta())
+        except ckpt_io.NonFiniteStateError as e:
+            log.warning("not saving step %d: %s", self.step, e)
+            return False
+        self.saved_step = self.step
+        return True
+
+    def kept_state(self) -> str:
+        """Where the last finite state is, for the messages of a stopped run."""
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if self.saved_step is None:
+            return "No checkpoint was written yet: the same command starts again from step 0."
+        return f"{path} holds step {self.saved_step}, the last finite state: the same command resumes from it."
 
     # -- loop --------------------------------------------------------------------------------------------------
     def done(self) -> bool:
@@ -257,9 +309,8 @@ class Trainer:
         loss, parts = segmentation_loss(out, y, self.spec.ignore_index, self.class_weights, cfg.aux_weight,
                                         cfg.label_smoothing, cfg.embedding_weight)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}; the last good state is in "
-                                     f"{self.run_dir}/checkpoints/last.pt. Lower lr (now {lr:.2e}) or set "
-                                     "precision=fp32")
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {self.step}; lower lr (now {lr:.2e}) or set "
+                                "precision=fp32.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -338,8 +389,9 @@ class Trainer:
                             bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.1e}", img_s=f"{img_s:.1f}")
                     if bar is not None:
                         bar.update(1 if cfg.time_budget is None else int(self.elapsed) - bar.n)
-                    if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0:
-                        self.save()
+                    if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0 and not self.save():
+                        raise NonFiniteLoss(f"the weights or optimiser state hold NaN/Inf after step {self.step}; "
+                                            f"lower lr (now {lr:.2e}) or set precision=fp32.")
                     if cfg.val_interval and self.step % cfg.val_interval == 0 and not self.done():
                         self.validate()
                     if self.done() or stop["flag"]:
@@ -347,6 +399,10 @@ class Trainer:
                 else:  # the epoch ran to its end (a break means the budget is spent or a stop was asked)
                     self.epoch += 1
                     self.batch_in_epoch = 0
+        except NonFiniteLoss as e:
+            # the weights may already be broken: save only a finite state, never over the last good one
+            self.save()
+            raise NonFiniteLoss(f"{e}. {self.kept_state()}") from None
         except (KeyboardInterrupt, Exception):
             # keep the work done so far: the state after the last completed step is consistent
             self.save()
@@ -356,7 +412,9 @@ class Trainer:
                 bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
-        self.save()
+        if not self.save():
+            raise NonFiniteLoss(f"the weights or optimiser state hold NaN/Inf at the end (step {self.step}); "
+                                f"lower lr or set precision=fp32. {self.kept_state()}")
         if stop["flag"]:
             print(f"stopped by SIGTERM at step {self.step}; resume with the same command", flush=True)
             return {}

@@ -5,6 +5,8 @@ Every builder takes ``num_classes`` and keyword options and returns a ``Segmenta
 
 from __future__ import annotations
 
+import inspect
+import re
 from functools import partial
 
 from .attention_to_scale import attention_to_scale
@@ -61,11 +63,37 @@ def create_model(name: str, num_classes: int, **kwargs) -> SegmentationModel:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return MODELS[name](num_classes=num_classes, **kwargs)
+    check_kwargs(name, kwargs)
+    try:
+        return MODELS[name](num_classes=num_classes, **kwargs)
+    except TypeError as e:  # a keyword passed on by a wrapper (``base_kwargs``...) that the inner builder lacks
+        if "unexpected keyword argument" not in str(e):
+            raise
+        arg = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        raise KeyError(f"model {name!r} has no option {arg.group(1) if arg else '?'} ({e}); remove it from "
+                       "model_kwargs or see the builder's docstring for the options") from None
+
+
+def model_options(name: str) -> list[str] | None:
+    """The keyword options of a registered model's builder, or None when it takes any keyword (``**kwargs``)."""
+    sig = inspect.signature(MODELS[name])
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return sorted(k for k, p in sig.parameters.items()
+                  if k != "num_classes" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def check_kwargs(name: str, kwargs: dict) -> None:
+    """Reject keyword options the builder of ``name`` does not take, naming them and the valid ones."""
+    valid = model_options(name)
+    unknown = sorted(set(kwargs) - set(valid)) if valid is not None else []
+    if unknown:
+        raise KeyError(f"model {name!r} has no option {', '.join(unknown)} (model_kwargs); its options are: "
+                       f"{', '.join(valid) or 'none'}")
 
 
 def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-__all__ = ["MODELS", "create_model", "list_models", "SegmentationModel"]
+__all__ = ["MODELS", "create_model", "list_models", "model_options", "check_kwargs", "SegmentationModel"]

@@ -8,7 +8,8 @@ model was published, so the head below follows the paper's text (METHODS.md §3.
 For every scale s in S (default {1, 0.75, 0.5}) the *same* base network (shared weights) sees the image resized
 by s and returns, on its score grid, class scores f^s (B, K, h_s, w_s) and the features F^s (B, C, h'_s, w'_s)
 its classifier read (DeepLab-LargeFOV: fc8 and fc7 at stride 8; FCN: the fused stride-8 scores and the top
-stride-32 features). Everything is resized bilinearly to the scale-1 grid, then
+stride-32 features). Everything is resampled bilinearly onto the scale-1 grids with the base's own geometry
+(``score_grid`` / ``feature_grid``, see "Grid alignment" below), then
 
 - ``attention`` (the paper's model): h = Conv1x1_S(Dropout(ReLU(Conv3x3_512(concat_s F^s))))   (B, S, h', w');
   w^s = exp(h^s) / sum_t exp(h^t), a softmax over scales per pixel shared by all classes            (Eq. 2);
@@ -19,9 +20,19 @@ The fused scores g are upsampled to the input by the base's own final upsampling
 the loss is CE(g) + sum_s CE(f^s), all weights 1, each f^s taken on the scale-1 grid as the shared classifier
 saw it after resizing, then upsampled like g.
 
+Grid alignment: each scale's maps are laid onto the scale-1 grid where they sit on the image, not by resizing
+one array to the other's shape. Entry i of a base's map sits at input position o + σ·i (``Grid(σ, o)``, declared
+by the base: DeepLab-LargeFOV (8, 0), corner-aligned; FCN-8s ResNet (8, 0), FCN-8s VGG (8, −23.5); Farabet's
+half-pixel (4, 1.5); full-resolution logits (1, 0)); the scale-s input of size N_s is the image resized with
+``align_corners=False``, so scale-1 entry j reads the scale-s map at index
+((o + σ·j + ½)·N_s/N − ½ − o)/σ. A plain ``F.interpolate(align_corners=False)`` of the arrays would assume a
+half-pixel grid: on LargeFOV at 321 px it misplaces the 0.75 scale by up to 1.1 px and the 0.5 scale by 3.4 px.
+Positions outside a map read its border value (as ``F.interpolate``). The head's energies go from the feature
+grid to the score grid the same way.
+
 Choices where the paper is silent (METHODS.md §3.5):
 - the head reads the features at the scale-1 *feature* grid; when that grid is coarser than the score grid
-  (FCN: stride 32 vs 8) its weights are upsampled bilinearly, which keeps them a convex combination;
+  (FCN: stride 32 vs 8) its weights are resampled bilinearly, which keeps them a convex combination;
 - the head's last conv starts at zero, so training starts from average pooling (w^s = 1/S);
 - energies and the softmax are computed in fp32;
 - images are downscaled with antialiased bilinear interpolation; sizes round to the nearest pixel;
@@ -45,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SegmentationModel, resize_to
+from .base import Grid, SegmentationModel, resample
 
 FUSIONS = ("attention", "max", "avg")
 
@@ -143,16 +154,22 @@ class AttentionToScale(SegmentationModel):
 
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         H, W = images.shape[-2:]
-        parts = [self.base.forward_parts(rescale(images, s)) for s in self.scales]  # shared weights
-        grid = parts[self.ref]["scores"].shape[-2:]                                 # scale-1 score grid (h, w)
-        scores = [resize_to(p["scores"], grid) for p in parts]                     # S x (B, K, h, w)
+        inputs = [rescale(images, s) for s in self.scales]
+        parts = [self.base.forward_parts(x) for x in inputs]                       # shared weights
+        sgrid = self.base.score_grid()
+        size = parts[self.ref]["scores"].shape[-2:]                                 # scale-1 score grid (h, w)
+        scores = [resample(p["scores"], sgrid, x.shape[-2:], sgrid, (H, W), size)    # S x (B, K, h, w)
+                  for p, x in zip(parts, inputs)]
         stack = torch.stack(scores, 1)                                              # (B, S, K, h, w)
         weights = None
         if self.fusion == "attention":
-            feats = [p["features"] if p.get("features") is not None else p["scores"] for p in parts]
-            fgrid = feats[self.ref].shape[-2:]
-            energies = self.head(torch.cat([resize_to(f, fgrid) for f in feats], 1))  # (B, S·C, h', w') -> (B, S, ..)
-            weights = resize_to(scale_weights(energies), grid)                        # (B, S, h, w), sums to 1
+            has = parts[self.ref].get("features") is not None
+            fgrid = self.base.feature_grid() if has else sgrid
+            feats = [p["features"] if has else p["scores"] for p in parts]          # S x (B, C, h'_s, w'_s)
+            fsize = feats[self.ref].shape[-2:]
+            feats = [resample(f, fgrid, x.shape[-2:], fgrid, (H, W), fsize) for f, x in zip(feats, inputs)]
+            energies = self.head(torch.cat(feats, 1))                               # (B, S·C, h', w') -> (B, S, h', w')
+            weights = resample(scale_weights(energies), fgrid, (H, W), sgrid, (H, W), size)   # (B, S, h, w)
         fused = fuse(stack, self.fusion, weights)                                     # (B, K, h, w)
         logits = self.base.upsample_scores(fused, (H, W))                             # (B, K, H, W)
 
@@ -163,8 +180,9 @@ class AttentionToScale(SegmentationModel):
         attention = None
         if return_attention:
             mode = "nearest" if self.fusion == "max" else "bilinear"  # max: one-hot winners stay one-hot
-            attention = {"scale_weights": resize_to(self._display_weights(stack, fused, weights), (H, W), mode),
-                         "scale_logits": torch.stack(per_scale, 1)}                   # (B, S, K, H, W)
+            shown = resample(self._display_weights(stack, fused, weights), sgrid, (H, W), Grid(), (H, W), (H, W),
+                             mode)                                                    # (B, S, H, W)
+            attention = {"scale_weights": shown, "scale_logits": torch.stack(per_scale, 1)}   # (B, S, K, H, W)
         return self.output(logits, aux, attention, return_attention, aux_weights)
 
     def _display_weights(self, stack: torch.Tensor, fused: torch.Tensor, weights: torch.Tensor | None):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.vgg import load_vgg16_pretrained, vgg16_largefov
-from .base import SegmentationModel, crop_to
+from .base import Grid, SegmentationModel, crop_to
 
 
 def upsample_aligned(score: torch.Tensor, factor: int, size) -> torch.Tensor:
@@ -74,6 +74,9 @@ class DeepLabLargeFOV(SegmentationModel):
 
     def upsample_scores(self, scores: torch.Tensor, size) -> torch.Tensor:
         return upsample_aligned(scores, 8, tuple(size))  # (B, K, H, W)
+
+    def score_grid(self) -> Grid:
+        return Grid(8, 0.0)    # fc8 (and fc7) index i on input pixel 8i: corner-aligned, as upsample_aligned
 
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         logits = self.upsample_scores(self.forward_parts(images)["scores"], images.shape[-2:])

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SegmentationModel
+from .base import Grid, SegmentationModel
 
 # BT.601 RGB -> YUV (rows: Y, U, V)
 YUV_MATRIX = ((0.299, 0.587, 0.114),
@@ -352,6 +352,9 @@ class FarabetMultiScale(SegmentationModel):
 
     def upsample_scores(self, scores: torch.Tensor, size) -> torch.Tensor:
         return upsample_crop(scores, self.stride, tuple(size))  # (B, K, H, W)
+
+    def score_grid(self) -> Grid:
+        return Grid(self.stride, (self.stride - 1) / 2)         # half-pixel grid: k at 4k + 1.5
 
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         size = images.shape[-2:]

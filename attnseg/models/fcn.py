@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..nn.resnet import ResNet
-from .base import BilinearUpsample, SegmentationModel, crop_to
+from .base import BilinearUpsample, Grid, SegmentationModel, crop_to
 
 VARIANTS = {"32s": 1, "16s": 2, "8s": 3}
 
@@ -106,6 +106,15 @@ class FCN(SegmentationModel):
 
     def upsample_scores(self, scores: torch.Tensor, size) -> torch.Tensor:
         return crop_to(self.up_final(scores), tuple(size), self.final_offset)
+
+    def score_grid(self) -> Grid:
+        """The final upsampling puts score i at output f·i + (k − 1)/2 (kernel k, stride f), then crops."""
+        k = self.up_final.kernel_size[0]
+        return Grid(self.final_factor, (k - 1) / 2 - self.final_offset)
+
+    def feature_grid(self) -> Grid:
+        s32 = self.skips[2]
+        return Grid(self.backbone.out_strides[s32], self._origin(s32))   # the top features
 
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         logits = self.upsample_scores(self.forward_parts(images)["scores"], images.shape[-2:])

@@ -153,7 +153,7 @@ def recurrent_refinement(num_classes: int, base: str = "fcn8s_resnet18", passes:
                          "in_channels (e.g. fcn8s_resnet18, deeplab_largefov_vgg16, deconvnet_vgg16)")
     try:
         model = create_model(base, num_classes, in_channels=3 + num_classes, **base_kwargs)
-    except TypeError as e:
+    except (TypeError, KeyError) as e:   # create_model may report an unknown keyword as a KeyError
         if "in_channels" not in str(e):
             raise
         raise ValueError(f"base model {base!r} does not accept in_channels ({e}); recurrent refinement needs a "

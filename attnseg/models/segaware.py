@@ -72,13 +72,24 @@ class EmbeddingContext:
             self._cache[key] = window_distances(self.resized(size), kernel_size, dilation, self.distance)
         return self._cache[key]                                                     # (B, k², h, w)
 
+    def inside(self, size, kernel_size: int, dilation: int) -> torch.Tensor:
+        """(1, k², h, w) bool: the window's tap lies inside the (h, w) grid."""
+        key = ("inside", tuple(size), kernel_size, dilation)
+        if key not in self._cache:
+            self._cache[key] = inside(*size, kernel_size, dilation, self.e.device)
+        return self._cache[key]
+
 
 class MaskedConv2d(nn.Conv2d):
     """A stride-1 "same" ``nn.Conv2d`` made segmentation-aware: its mask comes from the network's shared embedding.
-    Parameter names are those of ``nn.Conv2d`` plus ``lam`` (λ), so plain weights load into it."""
+    Parameter names are those of ``nn.Conv2d`` plus ``lam`` (λ), so plain weights load into it.
+
+    ``remove_bounds``: out-of-image taps get mask 0 (``None``: when ``normalize``, METHODS.md §1.9.2). It changes
+    only a normalised layer's output (Eq. 5's denominator then sums the taps inside the image); an unnormalised one
+    reads the zero padding there whatever the mask."""
 
     def __init__(self, conv: nn.Conv2d, context: EmbeddingContext, init_lambda: float = 0.05,
-                 normalize: bool = False, remove_bounds: bool = False):
+                 normalize: bool = False, remove_bounds: bool | None = None):
         k, d = conv.kernel_size[0], conv.dilation[0]
         super().__init__(conv.in_channels, conv.out_channels, k, 1, conv.padding, conv.dilation,
                          bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
@@ -87,23 +98,24 @@ class MaskedConv2d(nn.Conv2d):
             if conv.bias is not None:
                 self.bias.copy_(conv.bias)
         self.lam = nn.Parameter(torch.tensor(float(init_lambda)))
-        self.normalize, self.remove_bounds = normalize, remove_bounds
+        self.normalize = normalize
+        self.remove_bounds = normalize if remove_bounds is None else remove_bounds
         self._context = [context]   # a list: not a submodule, not in the state dict
         self.window = (k, d)
         self.layer_name = ""
 
     def mask(self, size) -> torch.Tensor:
         k, d = self.window
-        m = torch.exp(-self.lam.abs() * self._context[0].distances(size, k, d))   # (B, k², h, w), Eq. 3
+        m = torch.exp(-self.lam.abs() * self._context[0].distances(size, k, d))   # (B, k², h, w), Eq. 3, fp32
         if self.remove_bounds:
-            m = m * inside(*size, k, d, m.device)
+            m = m * self._context[0].inside(size, k, d)
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._context[0].e is None:
             raise RuntimeError("a segmentation-aware convolution ran without an embedding; call it through its "
                                "SegAwareNet, which sets the embedding of the image first")
-        m = self.mask(x.shape[-2:]).to(x.dtype)
+        m = self.mask(x.shape[-2:])               # fp32; segaware_conv2d casts to its compute dtype
         if self._context[0].record is not None:
             k, d = self.window
             self._context[0].record[f"mask/{self.layer_name}/k{k}_d{d}"] = m.detach()
@@ -141,6 +153,9 @@ class SegAwareNet(SegmentationModel):
         distance: "l1" (the VGG config) or "l2" (½ squared L2).
         init_lambda: λ's initial value per layer (0.05).
         normalize: Eq. 5's division by the mask's sum (the VGG config does not normalise).
+        remove_bounds: out-of-image taps get mask 0, so that a normalised layer's border outputs average the taps
+            inside the image only (METHODS.md §1.9.2). ``None`` (default): on when ``normalize``; off otherwise, as
+            the VGG config's masks (distance 0 outside, where the zero padding silences the tap anyway).
         skip: names of convolutions to leave plain (e.g. ``("aux",)``).
         crf: add the segmentation-aware CRF on the logits; ``crf_kwargs`` go to ``SegAwareCRF``.
 
@@ -151,15 +166,15 @@ class SegAwareNet(SegmentationModel):
     """
 
     def __init__(self, base: SegmentationModel, embedding_dim: int = 64, embedding_width: float = 1.0,
-                 distance: str = "l1", init_lambda: float = 0.05, normalize: bool = False, skip=(),
-                 crf: bool = False, crf_kwargs: dict | None = None):
+                 distance: str = "l1", init_lambda: float = 0.05, normalize: bool = False,
+                 remove_bounds: bool | None = None, skip=(), crf: bool = False, crf_kwargs: dict | None = None):
         super().__init__()
         self.num_classes = base.num_classes
         self.context = EmbeddingContext(distance)
         self.embedding = EmbeddingHead(embedding_dim, width=embedding_width)
         self.base = base
         self.segaware_layers = make_segaware(base, self.context, tuple(skip), init_lambda=init_lambda,
-                                             normalize=normalize)
+                                             normalize=normalize, remove_bounds=remove_bounds)
         if not self.segaware_layers:
             raise ValueError(f"{type(base).__name__} has no stride-1 k×k convolution to make segmentation-aware")
         self.crf = SegAwareCRF(self.num_classes, **(crf_kwargs or {})) if crf else None
@@ -167,7 +182,7 @@ class SegAwareNet(SegmentationModel):
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         e = self.embedding(images)                                          # (B, D, H, W)
         masks = {} if return_attention else None
-        self.context.set(e.float(), masks)
+        self.context.set(e if e.dtype == torch.float64 else e.float(), masks)   # masks in fp32 (fp64 stays)
         try:
             out = self.base(images)
         finally:
@@ -250,7 +265,8 @@ class SegAwareRefiner(SegmentationModel):
         return result
 
 
-SEGAWARE_OPTIONS = ("embedding_dim", "embedding_width", "distance", "init_lambda", "normalize", "skip")
+SEGAWARE_OPTIONS = ("embedding_dim", "embedding_width", "distance", "init_lambda", "normalize", "remove_bounds",
+                    "skip")
 
 
 def segaware(num_classes: int, base: str = "deeplab_largefov_vgg16_w05", base_kwargs: dict | None = None,

@@ -12,7 +12,19 @@ window, the centre included):
 
 Options (METHODS.md §1.5): ``remove_center`` (m_ii = 0), ``remove_bounds`` (m = 0 for neighbours outside the image;
 otherwise their distance is 0 as in the code, where im2col's zero padding then silences them in a convolution),
-``normalize`` (divide by the window's sum, the NormConv form).
+``normalize`` (the NormConv form: the mask divided by the window's sum).
+
+The normalised mask is a softmax over the taps that count (removed taps excluded), computed as the official
+NormConv does, with the window's largest exponent subtracted before the exp:
+
+    m_ij = exp(a_ij - max_k a_ik) / sum_j' exp(a_ij' - max_k a_ik),   a_ij = -|λ| d_ij
+
+Without it, exp(-|λ| d) underflows to 0 for every tap once the distances are large (the released CRF scales the
+embedding by 200, so d is in the thousands) and the message vanishes. A pixel whose taps are all removed (a 1x1
+image without its centre) gets weights 0.
+
+Distances, exponents and masks are computed in at least float32, also under autocast (``attnseg.nn.amp``); the
+gradient of the embedding comes back in its own dtype.
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .amp import at_least_fp32, no_autocast
 
 
 def window_offsets(kernel_size: int, dilation: int = 1) -> list[tuple[int, int]]:
@@ -66,6 +80,11 @@ class _WindowDistances(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, e, kernel_size: int, dilation: int, distance: str):
+        with no_autocast(e.device.type):
+            return _WindowDistances._forward(ctx, e, kernel_size, dilation, distance)
+
+    @staticmethod
+    def _forward(ctx, e, kernel_size, dilation, distance):
         H, W = e.shape[-2:]
         offsets = window_offsets(kernel_size, dilation)
         el = e.permute(0, 2, 3, 1).contiguous()                          # (B, H, W, D): reduce over the inner dim
@@ -82,7 +101,13 @@ class _WindowDistances(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        with no_autocast(g.device.type):      # backward() may be called inside an autocast block
+            return _WindowDistances._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         (el,) = ctx.saved_tensors
+        g = g.to(el.dtype)
         kernel_size, dilation, distance = ctx.window
         H, W = el.shape[1:3]
         offsets = window_offsets(kernel_size, dilation)
@@ -100,10 +125,11 @@ class _WindowDistances(torch.autograd.Function):
 def window_distances(e: torch.Tensor, kernel_size: int, dilation: int = 1, distance: str = "l1") -> torch.Tensor:
     """(B, D, H, W) embedding -> (B, k², H, W) distances from each pixel to its window's taps (0 outside the
     image, as the code's). Computed one tap at a time (half of them, the rest by symmetry): never a
-    (B, D·k², H, W) unfolded tensor, in the forward or the backward."""
+    (B, D·k², H, W) unfolded tensor, in the forward or the backward. The distances are in at least float32 (also
+    under autocast; a bf16 / fp16 embedding is cast first and gets its gradient in its own dtype)."""
     if distance not in ("l1", "l2"):
         raise ValueError(f"distance must be 'l1' or 'l2' (½ squared L2), not {distance!r}")
-    return _WindowDistances.apply(e, kernel_size, dilation, distance)
+    return _WindowDistances.apply(e.to(at_least_fp32(e.dtype)), kernel_size, dilation, distance)
 
 
 class LocalAttentionMask(nn.Module):
@@ -118,24 +144,40 @@ class LocalAttentionMask(nn.Module):
 
     def __init__(self, kernel_size: int = 3, dilation: int = 1, distance: str = "l1", init_lambda: float = 0.05,
                  learn_lambda: bool = True, remove_center: bool = False, remove_bounds: bool = False,
-                 normalize: bool = False, eps: float = 1e-6):
+                 normalize: bool = False):
         super().__init__()
         window_offsets(kernel_size, dilation)  # checks the size
         lam = torch.tensor(float(init_lambda))
         self.lam = nn.Parameter(lam) if learn_lambda else nn.Buffer(lam)
         self.kernel_size, self.dilation, self.distance = kernel_size, dilation, distance
-        self.remove_center, self.remove_bounds, self.normalize, self.eps = remove_center, remove_bounds, normalize, eps
+        self.remove_center, self.remove_bounds, self.normalize = remove_center, remove_bounds, normalize
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        d = window_distances(e, self.kernel_size, self.dilation, self.distance)   # (B, k², H, W)
-        m = torch.exp(-self.lam.abs() * d)                                        # Eq. 3
-        if self.remove_bounds or self.remove_center:
-            keep = torch.ones_like(m[:1], dtype=torch.bool)                       # (1, k², H, W)
-            if self.remove_bounds:
-                keep = keep & inside(*e.shape[-2:], self.kernel_size, self.dilation, e.device)
-            if self.remove_center:
-                keep[:, self.kernel_size ** 2 // 2] = False
-            m = m * keep
-        if self.normalize:
-            m = m / (m.sum(1, keepdim=True) + self.eps)
-        return m
+        """(B, D, H, W) -> (B, k², H, W) masks, in at least float32."""
+        d = window_distances(e, self.kernel_size, self.dilation, self.distance)   # (B, k², H, W), >= fp32
+        with no_autocast(e.device.type):
+            a = -self.lam.abs().to(d.dtype) * d                                   # Eq. 3's exponent
+            keep = None
+            if self.remove_bounds or self.remove_center:
+                keep = torch.ones_like(a[:1], dtype=torch.bool)                   # (1, k², H, W)
+                if self.remove_bounds:
+                    keep = keep & inside(*e.shape[-2:], self.kernel_size, self.dilation, e.device)
+                if self.remove_center:
+                    keep[:, self.kernel_size ** 2 // 2] = False
+            if self.normalize:
+                return window_softmax(a, keep)
+            m = torch.exp(a)                                                      # Eq. 3
+            return m if keep is None else m * keep
+
+
+def window_softmax(a: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax over the taps (dim 1) of exponents a (B, k², H, W), only over the taps where ``keep``
+    (broadcastable bool) is True; the others get 0, and so does every tap of a pixel that keeps none. The window's
+    largest kept exponent is subtracted first (the official NormConv's max subtraction): no underflow at any scale."""
+    if keep is not None:
+        a = a.masked_fill(~keep, float("-inf"))
+    top = a.amax(1, keepdim=True).detach()                                        # (B, 1, H, W)
+    top = top.masked_fill(top == float("-inf"), 0.0)                              # no tap kept: exp(-inf) = 0
+    w = torch.exp(a - top)                                                        # in (0, 1], 1 at the largest
+    s = w.sum(1, keepdim=True)                                                    # >= 1 where a tap is kept
+    return w / s.masked_fill(s == 0, 1.0)

@@ -13,6 +13,11 @@ Memory: the unfolded (B, C·k², H, W) tensor of the layer is never built, nor a
 forward accumulates one tap at a time (a 1x1 convolution of the whole input, added over the outputs whose tap is
 inside the image, times the mask), and the backward recomputes the taps instead of keeping them: besides the
 inputs, only y (for the normalised form's gradient) is saved.
+
+Mixed precision (``attnseg.nn.amp``): under ``torch.autocast`` the taps' 1x1 convolutions and the weight-gradient
+products run in autocast's dtype (bf16 / fp16), as ``F.conv2d`` would, while the sum over the taps, the mask's sum
+of the normalised form and every gradient accumulate in float32; x, m, the weight and the bias are cast to that
+dtype before the Function, so each gets its gradient back in its own dtype.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .amp import at_least_fp32, cast, lower_precision_dtype, no_autocast
 from .local_attention_mask import overlap, window_offsets
 
 
@@ -30,13 +36,21 @@ class _SegAwareConv(torch.autograd.Function):
     z_t = W_t x, added into y over the outputs whose tap is inside the image (zero padding = leaving the rest out).
     No padded or shifted copy of x is made. Backward, per tap, over the same overlap:
         b = W_tᵀ g_i             ∂x_{i+o} += b m_t(i)          ∂W_t += Σ (g_i m_t(i)) x_{i+o}ᵀ
-        ∂m_t(i) = Σ_c b_c x_{i+o,c}     (normalised: g is divided by s, and Σ_o g_i y_i / s is subtracted)"""
+        ∂m_t(i) = Σ_c b_c x_{i+o,c}     (normalised: g is divided by s, and Σ_o g_i y_i / s is subtracted)
+
+    All inputs share one dtype (the wrapper casts them); products run in it, sums accumulate in at least fp32."""
 
     @staticmethod
     def forward(ctx, x, m, weight, bias, dilation: int, normalize: bool, eps: float):
+        with no_autocast(x.device.type):
+            return _SegAwareConv._forward(ctx, x, m, weight, bias, dilation, normalize, eps)
+
+    @staticmethod
+    def _forward(ctx, x, m, weight, bias, dilation, normalize, eps):
         O, C, kh, kw = weight.shape
         H, W = x.shape[-2:]
-        y = x.new_zeros(x.shape[0], O, H, W)
+        acc = at_least_fp32(x.dtype)
+        y = x.new_zeros(x.shape[0], O, H, W, dtype=acc)
         for t, (dy, dx) in enumerate(window_offsets(kh, dilation)):
             (ry, ny), (rx, nx) = overlap(H, dy), overlap(W, dx)
             if ry.start == ry.stop or rx.start == rx.stop:
@@ -44,20 +58,27 @@ class _SegAwareConv(torch.autograd.Function):
             z = F.conv2d(x, weight[:, :, t // kw, t % kw, None, None])   # (B, O, H, W): W_t x everywhere
             y[:, :, ry, rx].addcmul_(z[:, :, ny, nx], m[:, t:t + 1, ry, rx])
             del z
-        s = m.sum(1, keepdim=True) + eps if normalize else None          # (B, 1, H, W)
+        s = m.sum(1, keepdim=True, dtype=acc) + eps if normalize else None   # (B, 1, H, W)
         if normalize:
             y.div_(s)
+        y = y.to(x.dtype)
         ctx.save_for_backward(x, m, weight, y if normalize else None, s)
         ctx.dilation, ctx.normalize, ctx.has_bias = dilation, normalize, bias is not None
         return y if bias is None else y + bias.view(1, -1, 1, 1)
 
     @staticmethod
     def backward(ctx, g):
+        with no_autocast(g.device.type):      # backward() may be called inside an autocast block
+            return _SegAwareConv._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         x, m, weight, y, s = ctx.saved_tensors
         O, C, kh, kw = weight.shape
         H, W = x.shape[-2:]
-        gz = g / s if ctx.normalize else g                                # (B, O, H, W)
-        gx, gm, gw = torch.zeros_like(x), torch.zeros_like(m), torch.zeros_like(weight)
+        dt, acc = x.dtype, at_least_fp32(x.dtype)
+        gz = (g.to(acc) / s).to(dt) if ctx.normalize else g.to(dt)        # (B, O, H, W)
+        gx, gm, gw = (torch.zeros_like(t, dtype=acc) for t in (x, m, weight))
         for t, (dy, dx) in enumerate(window_offsets(kh, ctx.dilation)):
             (ry, ny), (rx, nx) = overlap(H, dy), overlap(W, dx)
             if ry.start == ry.stop or rx.start == rx.stop:
@@ -74,14 +95,15 @@ class _SegAwareConv(torch.autograd.Function):
             gx[:, :, ny, nx].addcmul_(back, mt)                           # W_tᵀ (g m_t) read x at i + o
             del back
         if ctx.normalize:                                                 # y = z / s, s = sum_k m_k + eps
-            gm -= torch.linalg.vecdot(g, y, dim=1).unsqueeze(1) / s
-        gb = g.sum((0, 2, 3)) if ctx.has_bias else None
-        return gx, gm, gw, gb, None, None, None
+            gm -= torch.linalg.vecdot(g.to(acc), y.to(acc), dim=1).unsqueeze(1) / s
+        gb = g.sum((0, 2, 3), dtype=acc).to(dt) if ctx.has_bias else None
+        return gx.to(dt), gm.to(dt), gw.to(dt), gb, None, None, None
 
 
 def segaware_conv2d(x: torch.Tensor, m: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                     dilation: int = 1, normalize: bool = False, eps: float = 1e-6) -> torch.Tensor:
-    """x (B, C, H, W), m (B, k², H, W), weight (O, C, k, k) odd k -> (B, O, H, W); see the module docstring."""
+    """x (B, C, H, W), m (B, k², H, W), weight (O, C, k, k) odd k -> (B, O, H, W); see the module docstring.
+    The result has autocast's dtype under autocast, else the inputs' promoted dtype."""
     O, C, kh, kw = weight.shape
     if kh != kw or kh % 2 != 1:
         raise ValueError(f"segmentation-aware convolution takes square odd kernels, not {kh}x{kw}")
@@ -90,7 +112,8 @@ def segaware_conv2d(x: torch.Tensor, m: torch.Tensor, weight: torch.Tensor, bias
     if m.shape != (x.shape[0], kh * kw, *x.shape[-2:]):
         raise ValueError(f"mask of shape {tuple(m.shape)} does not fit a {kh}x{kw} window over input "
                          f"{tuple(x.shape)}: expected {(x.shape[0], kh * kw, *x.shape[-2:])}")
-    return _SegAwareConv.apply(x, m, weight, bias, dilation, normalize, eps)
+    dt = lower_precision_dtype(x, m, weight, bias)
+    return _SegAwareConv.apply(cast(x, dt), cast(m, dt), cast(weight, dt), cast(bias, dt), dilation, normalize, eps)
 
 
 class SegAwareConv2d(nn.Conv2d):

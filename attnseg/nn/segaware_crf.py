@@ -13,7 +13,12 @@ Per iteration, with unary logits U (B, K, H, W) and embedding e (B, D, H, W):
     logits = U - K M       compatibility K (1x1), initialised to -I, so logits = U + M at first
 
 2 iterations by default. The kernels are Eq. 4 filters (``segaware_filter``) with ``LocalAttentionMask`` masks
-(½ squared L2, normalised); everything is differentiable, so the stage trains end to end on any model's logits.
+(½ squared L2, normalised by a max-subtracted softmax over the window, as NormConv: with the embedding scaled by
+200 the distances are in the thousands and a plain exp would underflow to 0); everything is differentiable, so the
+stage trains end to end on any model's logits.
+
+The whole stage runs in at least float32, also under autocast (the energies need the range; the stage is cheap
+beside the network), and returns float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .amp import at_least_fp32, common_dtype, no_autocast
 from .local_attention_mask import LocalAttentionMask
 from .segaware_filter import segaware_filter
 
@@ -39,6 +45,11 @@ def _identity_1x1(k: int, sign: float = 1.0) -> nn.Conv2d:
     with torch.no_grad():
         conv.weight.copy_(sign * torch.eye(k)[:, :, None, None])
     return conv
+
+
+def _mix(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A bias-free class-to-class 1x1 map, in x's dtype (the CRF's, whatever the parameters')."""
+    return F.conv2d(x, conv.weight.to(x.dtype))
 
 
 class SegAwareCRF(nn.Module):
@@ -75,6 +86,11 @@ class SegAwareCRF(nn.Module):
             p.requires_grad_(learnable)
 
     def forward(self, unary: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        dt = at_least_fp32(common_dtype(unary, e))
+        with no_autocast(unary.device.type):
+            return self._forward(unary.to(dt), e.to(dt))
+
+    def _forward(self, unary: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         if self.scale != 1.0:
             size = unary.shape[-2:]
             small = [max(1, round(n * self.scale)) for n in size]
@@ -94,5 +110,5 @@ class SegAwareCRF(nn.Module):
             q = torch.softmax(logits, 1)
             s = segaware_filter(q, m_s, self.spatial_window)
             a = segaware_filter(q, m_b, self.bilateral_window, self.bilateral_dilation)
-            logits = unary - self.compat(self.w_spatial(s) + self.w_bilateral(a))
+            logits = unary - _mix(self.compat, _mix(self.w_spatial, s) + _mix(self.w_bilateral, a))
         return logits

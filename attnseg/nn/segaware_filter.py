@@ -10,6 +10,9 @@ A zero embedding gives a box filter, e = position a Gaussian filter, e = (positi
 Every channel is filtered with the same weights (depthwise). The input is padded once and every tap is a view of
 it; a custom backward accumulates the input's gradient into one padded buffer, so neither pass builds k² shifted
 or padded copies.
+
+The weighted sums run in at least float32, also under autocast (``attnseg.nn.amp``: x and m are cast before the
+Function, so their gradients come back in their own dtypes); the result has x's dtype.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .amp import at_least_fp32, common_dtype, no_autocast
 from .local_attention_mask import inside, window_distances, window_offsets
 
 
@@ -27,6 +31,11 @@ class _SegAwareFilter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, m, kernel_size: int, dilation: int, eps: float):
+        with no_autocast(x.device.type):
+            return _SegAwareFilter._forward(ctx, x, m, kernel_size, dilation, eps)
+
+    @staticmethod
+    def _forward(ctx, x, m, kernel_size, dilation, eps):
         H, W = x.shape[-2:]
         p = dilation * (kernel_size // 2)
         xp = F.pad(x, (p, p, p, p))                                      # (B, C, H + 2p, W + 2p), zeros outside
@@ -41,7 +50,13 @@ class _SegAwareFilter(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        with no_autocast(g.device.type):      # backward() may be called inside an autocast block
+            return _SegAwareFilter._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         x, m, y, s = ctx.saved_tensors
+        g = g.to(x.dtype)
         kernel_size, dilation = ctx.window
         H, W = x.shape[-2:]
         p = dilation * (kernel_size // 2)
@@ -59,13 +74,15 @@ class _SegAwareFilter(torch.autograd.Function):
 
 def segaware_filter(x: torch.Tensor, m: torch.Tensor, kernel_size: int, dilation: int = 1,
                     eps: float = 1e-6) -> torch.Tensor:
-    """x (B, C, H, W) filtered by the (B, k², H, W) masks of a k×k window with dilation ``dilation`` (Eq. 4)."""
+    """x (B, C, H, W) filtered by the (B, k², H, W) masks of a k×k window with dilation ``dilation`` (Eq. 4);
+    computed in at least float32, returned in x's dtype."""
     B, C, H, W = x.shape
     offsets = window_offsets(kernel_size, dilation)
     if m.shape != (B, len(offsets), H, W):
         raise ValueError(f"mask of shape {tuple(m.shape)} does not fit a {kernel_size}x{kernel_size} window over "
                          f"input {tuple(x.shape)}: expected {(B, len(offsets), H, W)}")
-    return _SegAwareFilter.apply(x, m, kernel_size, dilation, eps)
+    dt = at_least_fp32(common_dtype(x, m))
+    return _SegAwareFilter.apply(x.to(dt), m.to(dt), kernel_size, dilation, eps).to(x.dtype)
 
 
 def segaware_filter_cascade(x: torch.Tensor, e: torch.Tensor, windows=((3, 1), (3, 2), (3, 4), (3, 8)),
@@ -86,5 +103,5 @@ def segaware_filter_cascade(x: torch.Tensor, e: torch.Tensor, windows=((3, 1), (
             masks[k, d] = torch.exp(-lam * window_distances(e, k, d, distance)) * inside(H, W, k, d, x.device)
     for _ in range(iterations):
         for k, d in windows:
-            x = segaware_filter(x, masks[k, d].to(x.dtype), k, d)        # masks (B, k², H, W)
+            x = segaware_filter(x, masks[k, d], k, d)                    # masks (B, k², H, W)
     return x

@@ -187,3 +187,33 @@ def test_refiner_trains_its_crf_end_to_end():
     for p in (ref.crf.compat.weight, ref.crf.w_spatial.weight, ref.crf.w_bilateral.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert all(p.grad is None for p in ref.base.parameters())
+
+
+@pytest.mark.parametrize("remove_bounds", [None, True, False])
+def test_normalised_layer_ignores_out_of_image_taps_at_the_border(remove_bounds):
+    """Eq. 5 normalised (METHODS.md §1.9.2): the border outputs average the taps inside the image only; the default
+    (None) removes the out-of-image taps whenever the layer is normalised. The reference (float64, unfold) is
+    y = Σ_{j inside} W_j x_j m_j / Σ_{j inside} m_j + b with m = exp(-|λ| L1(e_i - e_j))."""
+    kw = {} if remove_bounds is None else {"remove_bounds": remove_bounds}
+    net = tiny_largefov(normalize=True, **kw)
+    layer = net.base.backbone.features[0]             # conv1_1: reads the image, mask from the full-res embedding
+    assert isinstance(layer, MaskedConv2d) and layer.remove_bounds == (remove_bounds is not False)
+    seen = {}
+    layer.register_forward_hook(lambda mod, i, o: seen.update(x=i[0], y=o))
+    H, W = 11, 13
+    with torch.no_grad():
+        e = net(torch.randn(1, 3, H, W), return_attention=True)["attention"]["embedding"].double()
+    x, y = seen["x"].double(), seen["y"].double()
+    unf = (lambda t: torch.nn.functional.unfold(t, 3, padding=1).view(1, t.shape[1], 9, H, W))
+    inside = unf(torch.ones(1, 1, H, W, dtype=torch.float64))[:, 0]                 # (1, 9, H, W)
+    m = torch.exp(-layer.lam.detach().double().abs() * (e[:, :, None] - unf(e)).abs().sum(1)) * inside
+    w = layer.weight.detach().double().flatten(2)                                   # (O, C, 9)
+    ref = torch.einsum("ock,bckhw->bohw", w, unf(x) * m[:, None]) / (m.sum(1, keepdim=True) + 1e-6)
+    ref = ref + layer.bias.detach().double().view(1, -1, 1, 1)
+    border = torch.ones(H, W, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    torch.testing.assert_close(y[..., ~border], ref[..., ~border], atol=1e-5, rtol=1e-5)   # all taps inside
+    if remove_bounds is False:                        # the out-of-image taps (mask 1, zero input) are counted
+        assert (y[..., border] - ref[..., border]).abs().amax() > 1e-2
+    else:
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)

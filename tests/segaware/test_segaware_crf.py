@@ -64,3 +64,27 @@ def test_low_resolution_mean_field_adds_the_upsampled_pairwise_term():
         crf.w_spatial.weight.zero_()
         crf.w_bilateral.weight.zero_()
     torch.testing.assert_close(crf(u, e), u)   # no messages: the full-resolution unary, untouched
+
+
+def test_bilateral_message_at_the_released_scale_matches_a_float64_reference():
+    """emb_scale 200 (the released model): one iteration with the spatial message off is U + A, A the bilateral
+    filter of softmax(U) with weights softmax_j(-½‖f_i - f_j‖²) over the in-image, non-centre taps,
+    f = [200·e, 0.05·(y, x)], written here with unfold. The plain exp underflowed and A was 0."""
+    torch.manual_seed(4)
+    B, K, H, W, k, d = 1, 3, 9, 10, 5, 2
+    crf = SegAwareCRF(K, iterations=1, spatial_window=3, bilateral_window=k, bilateral_dilation=d).double()
+    with torch.no_grad():
+        crf.w_spatial.weight.zero_()
+    u = torch.randn(B, K, H, W, dtype=torch.float64)
+    e = torch.randn(B, 4, H, W, dtype=torch.float64)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    f = torch.cat([200.0 * e, 0.05 * torch.stack([ys, xs])[None]], 1)              # (B, 6, H, W)
+    unf = (lambda t: torch.nn.functional.unfold(t, k, dilation=d, padding=d * (k // 2)).view(B, -1, k * k, H, W))
+    inside = unf(torch.ones(1, 1, H, W, dtype=torch.float64))[:, 0] > 0              # (1, k², H, W)
+    keep = inside.clone()
+    keep[:, k * k // 2] = False
+    a = -0.5 * (f[:, :, None] - unf(f)).pow(2).sum(1)                              # (B, k², H, W)
+    m = torch.softmax(a.masked_fill(~keep, float("-inf")), 1)
+    message = (unf(torch.softmax(u, 1)) * m[:, None]).sum(2)                        # (B, K, H, W)
+    assert message.abs().amax() > 0.1
+    torch.testing.assert_close(crf(u, e), u + message, atol=1e-5, rtol=0)          # the filter's ε = 1e-6
