@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/inference_speed.py
 	$(BIN)/python benchmarks/scale_cost.py
+	$(BIN)/python benchmarks/memory_estimate.py --out runs/bench/memory_estimate.json
 
 # the issue-3 tables (about 40 and 90 CPU minutes; finished runs are reused, interrupted ones resume)
 bench-scale: $(STAMP)

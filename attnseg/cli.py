@@ -152,7 +152,12 @@ def collect_images(items: list[str]) -> list[Path]:
             paths.append(p)
         else:
             raise DataError(f"image {p} does not exist; give image files or a folder of images")
-    return paths
+    first: dict = {}
+    for q in paths:
+        first.setdefault(q.resolve(), q)
+    if len(first) < len(paths):
+        print(f"{len(paths) - len(first)} input(s) named twice: each image is predicted once")
+    return list(first.values())
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -169,11 +174,14 @@ def output_stems(paths: list[Path]) -> list[str]:
             break
         for i in clash:
             depth[i] += 1
-    seen: Counter = Counter()
-    out = []
+    out, taken = [], set()
     for n in names:
-        seen[n] += 1
-        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+        name, k = n, 1
+        while name in taken:  # the same file given twice (or a clash with another input's numbered name)
+            k += 1
+            name = f"{n}-{k}"
+        taken.add(name)
+        out.append(name)
     return out
 
 
@@ -276,7 +284,10 @@ def cmd_predict(args) -> int:
         Image.fromarray(overlay(image, ids, spec)).save(out / f"{stem}_overlay.png")
         print(f"{path}: {ids.shape[1]}x{ids.shape[0]}, {1000 * (time.time() - t):.0f} ms -> "
               f"{out / (stem + '_ids.png')}, {out / (stem + '_overlay.png')}")
-        if args.attention:
+        if args.attention and icfg.mode != base_cfg.mode:
+            print(f"  attention maps are drawn from one whole-image pass, which the memory limit ruled out for "
+                  f"{path}; give a smaller image or a larger --max-memory")
+        elif args.attention:
             _write_attention(model, meta, prec, x.to(device), image, ids, spec, out / stem, queries,
                              icfg.test_scale)
     return 0
@@ -536,8 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attnseg: training stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("attnseg: interrupted; a training run saved checkpoints/last.pt and continues with the same command",
-              file=sys.stderr)
+        print("attnseg: interrupted" + ("; checkpoints/last.pt holds the last completed step and the same command "
+                                        "continues the run" if args.cmd == "train" else ""), file=sys.stderr)
         return 130
 
 

@@ -57,7 +57,7 @@ def make_config(args, variant: str, seed: int, data_root: Path) -> TrainConfig:
                  "precision": args.precision, "seed": seed, "val_interval": args.val_interval,
                  "progress": args.progress}
     if args.time_budget is not None:
-        overrides.update(time_budget=args.time_budget, iters=10**9)
+        overrides.update(time_budget=args.time_budget)  # the schedule follows time
     else:
         overrides.update(time_budget=None, iters=args.iters)
     if args.workers is not None:

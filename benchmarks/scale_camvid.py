@@ -91,7 +91,7 @@ def make_config(args, variant: str, data_root: Path) -> TrainConfig:
                  "run_dir": str(Path(args.run_root) / variant), "device": args.device, "precision": args.precision,
                  "seed": args.seed, "val_interval": args.val_interval, "progress": args.progress}
     if args.time_budget is not None:
-        overrides.update(time_budget=args.time_budget, iters=10**9)  # iters unused: time decides
+        overrides.update(time_budget=args.time_budget)  # the schedule follows time
     else:
         overrides.update(time_budget=None, iters=args.iters)
     for key, value in (("batch_size", args.batch), ("workers", args.workers)):

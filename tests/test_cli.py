@@ -158,3 +158,14 @@ def test_predict_local_masks_of_a_segaware_model(tmp_path, capsys):
     assert fig.width >= 4 * image.shape[1] and fig.height >= 2 * image.shape[0]   # image, embedding, 6 layers
     assert "in_masks_10_20.png" in capsys.readouterr().out
     assert not list(out.glob("in_attn_mask*"))
+
+
+def test_an_error_from_a_loader_worker_keeps_only_its_message():
+    """DataLoader re-raises a worker's DataError with the worker's traceback as its text: the user sees one line."""
+    from attnseg.cli import _message
+    from attnseg.data import DataError
+    worker_text = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                   '  File "x.py", line 1, in load\n    raise DataError(msg)\n'
+                   "attnseg.data.io.DataError: image a/b.png cannot be decoded; re-copy it\n")
+    assert _message(DataError(worker_text)) == "image a/b.png cannot be decoded; re-copy it"
+    assert _message(KeyError("unknown model 'x'")) == "unknown model 'x'"

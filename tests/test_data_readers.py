@@ -479,3 +479,32 @@ def test_check_labels_and_all_ignore_training_split(tmp_path):
         ds.load(2)  # the cache is complete: the trainer's decoding pass stops here
     write_label(root / "trainannot/0001TP_006690.png", quadrants(11, 11, 11, 3))
     camvid.build(root).check_labels()  # one class pixel is enough
+
+
+def test_camvid_holdout_splits_by_sequence(tmp_path):
+    """camvid:ROOT,holdout=SEQ: train = train+val without SEQ, val = SEQ's images of train+val, test unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    from attnseg.data import build_dataset
+    files = {"train": ["0001TP_0001", "0006R0_0001", "0006R0_0002", "0016E5_0001"], "val": ["0016E5_0002"],
+             "test": ["Seq05VD_0001"]}
+    for split, stems in files.items():
+        (tmp_path / split).mkdir()
+        (tmp_path / f"{split}annot").mkdir()
+        for stem in stems:
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / split / f"{stem}.png")
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{split}annot" / f"{stem}.png")
+
+    def stems(spec, split):
+        return sorted(p.stem for p, _ in build_dataset(spec, split).samples)
+
+    spec = f"camvid:{tmp_path},holdout=0006R0"
+    assert stems(spec, "train") == ["0001TP_0001", "0016E5_0001", "0016E5_0002"]
+    assert stems(spec, "val") == ["0006R0_0001", "0006R0_0002"]
+    assert stems(spec, "test") == ["Seq05VD_0001"]
+    both = f"camvid:{tmp_path},holdout=0006R0+0016E5"
+    assert stems(both, "train") == ["0001TP_0001"] and len(stems(both, "val")) == 4
+    assert stems(f"camvid:{tmp_path}", "val") == ["0016E5_0002"]  # without holdout: the standard split
+    with pytest.raises(ValueError, match="leaves no train images"):
+        build_dataset(f"camvid:{tmp_path},holdout=0001TP+0006R0+0016E5", "train")

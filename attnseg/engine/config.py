@@ -8,6 +8,8 @@ The resolved config is saved as ``config.yaml`` in the run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +88,7 @@ class ConfigError(ValueError):
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _NONE = ("null", "none", "~", "")
 # tuple fields: (element type, length or None for any length >= 1)
 _TUPLES = {"crop": (int, 2), "scale_range": (float, 2), "eval_crop": (int, 2), "eval_stride": (int, 2),
@@ -174,7 +177,8 @@ def _coerce(key: str, value, ftype: str):
     if base == "dict":
         if not isinstance(value, dict):
             raise _bad(key, value, "a mapping (for example model_kwargs={variant: 8s})")
-        return dict(value)
+        # YAML 1.1 reads 1e-3 as a string: numbers written with an exponent become floats here too
+        return {k: float(v) if isinstance(v, str) and _EXPONENT.fullmatch(v.strip()) else v for k, v in value.items()}
     return {"int": _to_int, "float": _to_float, "bool": _to_bool, "str": _to_str}[base](key, value)
 
 
@@ -202,7 +206,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check(v is None or all(x >= 1 for x in v), key, v and list(v), "both sides must be >= 1 pixel, or null")
     _check(0 < c.cat_max_ratio <= 1, "cat_max_ratio", c.cat_max_ratio, "it must be in (0, 1]")
     _check(c.workers >= 0, "workers", c.workers, "it must be >= 0 (0 = load in the main process)")
-    _check(c.lr > 0, "lr", c.lr, "it must be > 0")
+    _check(c.lr > 0 and math.isfinite(c.lr), "lr", c.lr, "it must be a finite number > 0")
+    for key in ("time_budget", "grad_clip", "test_scale", "weight_decay", "base_scale"):
+        v = getattr(c, key)
+        _check(v is None or math.isfinite(v), key, v, "it must be finite")
+    _check(bool(c.run_dir.strip()), "run_dir", c.run_dir, "name a folder for the run, e.g. run_dir=runs/x")
     for key in ("weight_decay", "min_lr", "poly_power", "aux_weight", "embedding_weight", "class_weight_power"):
         _check(getattr(c, key) >= 0, key, getattr(c, key), "it must be >= 0")
     _check(0 <= c.momentum < 1, "momentum", c.momentum, "it must be in [0, 1)")
@@ -252,7 +260,10 @@ def parse_overrides(pairs: list[str]) -> dict:
             raise ConfigError(f"override {p!r} is not key=value (for example lr=0.01)")
         if "." in key:  # model_kwargs.variant=8s
             head, _, sub = key.partition(".")
-            out.setdefault(head, {})[sub] = _yaml_value(key, raw)
+            if not isinstance(out.setdefault(head, {}), dict):
+                raise ConfigError(f"override {key}= sets a field of {head}, but {head}= was given a plain value; "
+                                  f"give either {head}={{...}} or {head}.<name>=...")
+            out[head][sub] = _yaml_value(key, raw)
         else:  # given twice: the last one wins, as later overrides win over earlier ones everywhere
             out[key] = _yaml_value(key, raw)
     return out

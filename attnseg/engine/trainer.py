@@ -154,6 +154,9 @@ class Trainer:
         self.rank, self.local_rank, self.world, device = init_distributed(device)
         self.main = self.rank == 0
         self.prec = Precision.resolve(device, cfg.precision, cfg.channels_last)
+        # a wrong model name or option fails now, before any file is read or written (shapes only, on meta)
+        with torch.device("meta"):
+            create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
         self.run_dir = Path(cfg.run_dir)
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if cfg.deterministic:
@@ -268,6 +271,13 @@ class Trainer:
         self.saved_step = self.step
         return True
 
+    def save_weights(self, name: str) -> None:
+        try:
+            ckpt_io.save_weights(self.run_dir / "checkpoints" / name, self.model, self.meta())
+        except ckpt_io.NonFiniteStateError:
+            raise NonFiniteLoss(f"the weights hold NaN/Inf at step {self.step} (with a finite loss); {name} is not "
+                                f"written. Lower lr or set precision=fp32. {self.kept_state()}") from None
+
     def kept_state(self) -> str:
         """Where the last finite state is, for the messages of a stopped run."""
         path = self.run_dir / "checkpoints" / "last.pt"
@@ -338,7 +348,7 @@ class Trainer:
         self.last_metrics = {k: metrics[k] for k in ("aAcc", "mIoU", "mAcc", "IoU", "Acc")}
         if self.main and metrics["mIoU"] > self.best:
             self.best = metrics["mIoU"]
-            ckpt_io.save_weights(self.run_dir / "checkpoints" / "best.safetensors", self.model, self.meta())
+            self.save_weights("best.safetensors")
         return metrics, cm
 
     def fit(self) -> dict:
@@ -421,7 +431,7 @@ class Trainer:
         metrics, cm = self.validate(final=True)
         if self.main:
             self.save()
-            ckpt_io.save_weights(self.run_dir / "checkpoints" / "model.safetensors", self.model, self.meta())
+            self.save_weights("model.safetensors")
             self.write_report(metrics, cm)
         barrier()
         if self.tb:

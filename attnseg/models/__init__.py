@@ -67,11 +67,14 @@ def create_model(name: str, num_classes: int, **kwargs) -> SegmentationModel:
     try:
         return MODELS[name](num_classes=num_classes, **kwargs)
     except TypeError as e:  # a keyword passed on by a wrapper (``base_kwargs``...) that the inner builder lacks
-        if "unexpected keyword argument" not in str(e):
-            raise
         arg = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        raise KeyError(f"model {name!r} has no option {arg.group(1) if arg else '?'} ({e}); remove it from "
-                       "model_kwargs or see the builder's docstring for the options") from None
+        if arg:
+            raise KeyError(f"model {name!r} has no option {arg.group(1)} ({e}); remove it from model_kwargs or see "
+                           "the builder's docstring for the options") from None
+        if kwargs:  # most often an option of the wrong type ("0.5" for a number)
+            raise ValueError(f"model {name!r} could not be built with the options {kwargs} ({e}); check the types "
+                             "of model_kwargs (numbers unquoted, true/false for switches)") from None
+        raise
 
 
 def model_options(name: str) -> list[str] | None:

@@ -111,6 +111,13 @@ def test_inputs_with_the_same_file_name_keep_both_outputs(run_cli, run, tmp_path
     assert read_label(tmp_path / "out" / "b_im_ids.png").shape == (30, 20)
 
 
+def test_the_same_image_twice_is_predicted_once(run_cli, run, tmp_path):
+    a = image(tmp_path / "im.png")
+    res = run_cli("predict", run, a, tmp_path / "." / "im.png", "--out", tmp_path / "out")
+    assert res.rc == 0 and "named twice" in res.out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im_ids.png", "im_overlay.png"]
+
+
 def test_a_folder_argument_predicts_every_image_in_it(run_cli, run, tmp_path):
     for i in range(3):
         image(tmp_path / "imgs" / f"x{i}.png", seed=i)
@@ -123,7 +130,7 @@ def test_an_image_too_big_for_the_memory_limit(run_cli, run, tmp_path):
     """Estimated before it runs: above the limit a whole-image inference slides, and stops with the figure when
     even that does not fit."""
     src = image(tmp_path / "big.png", (1200, 1600))
-    res = run_cli("predict", run, src, "--out", tmp_path / "out", "--max-memory", "0.005")
+    res = run_cli("predict", run, src, "--out", tmp_path / "out", "--max-memory", "0.2")  # > the fixed overhead
     expect_bad(res, "needs about", "over the limit of", "--max-memory")
     assert not list((tmp_path / "out").glob("*_ids.png"))
     res = run_cli("predict", run, src, "--out", tmp_path / "out", "--max-memory", "0.5")
