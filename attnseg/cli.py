@@ -209,16 +209,22 @@ def cmd_eval(args) -> int:
                          f"{ds.spec.names}")
     icfg = _inference_from(meta, args)
     from .engine.inference import plan_memory
-    icfg, note = plan_memory(model, ds.load(0)[0].shape[:2], icfg, ds.spec.num_classes, _memory_limit(args),
-                             _fallback_crop(meta))
-    if note:
-        print(note, flush=True)
+    limit, plans = _memory_limit(args), {}
+
+    def plan(hw):  # estimated once per image size, before the first image of that size runs
+        if hw not in plans:
+            plans[hw], note = plan_memory(model, hw, icfg, ds.spec.num_classes, limit, _fallback_crop(meta))
+            if note:
+                print(f"\n{note} (and for every {hw[1]}x{hw[0]} image)", flush=True)
+        return plans[hw]
+
+    plan(ds.load(0)[0].shape[:2])  # the first size before the bar starts: a refusal stops at once
     n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
     from tqdm import tqdm
     t = time.time()
     with tqdm(total=n, unit="img", desc="eval", dynamic_ncols=True, disable=args.no_progress,
               mininterval=1.0 if sys.stderr.isatty() else 15.0) as bar:
-        metrics, cm = evaluate(model, ds, icfg, prec, args.max_images, progress=bar.update)
+        metrics, cm = evaluate(model, ds, icfg, prec, args.max_images, progress=bar.update, plan=plan)
     dt = time.time() - t
     print(f"{args.data} [{args.split}], {n} images, "
           f"inference {icfg.describe()}, {prec.name}, {dt:.1f} s")

@@ -153,9 +153,10 @@ def plan_memory(model, image_hw: tuple[int, int], cfg: InferenceConfig, num_clas
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg: InferenceConfig, precision=None, max_images: int | None = None,
-             rank: int = 0, world_size: int = 1, progress=None) -> tuple[dict, ConfusionMatrix]:
+             rank: int = 0, world_size: int = 1, progress=None, plan=None) -> tuple[dict, ConfusionMatrix]:
     """Runs ``infer`` over ``dataset`` (one image at a time, any size) and returns (metrics, confusion matrix).
-    With several processes each rank takes every world_size-th image and the matrices are summed."""
+    With several processes each rank takes every world_size-th image and the matrices are summed. ``plan``
+    (optional, ``(H, W) -> InferenceConfig``) picks the config per image size, e.g. ``plan_memory``'s choice."""
     spec = dataset.spec
     device = precision.device if precision else torch.device("cpu")
     cm = ConfusionMatrix(spec.num_classes, spec.ignore_index)
@@ -166,7 +167,7 @@ def evaluate(model, dataset, cfg: InferenceConfig, precision=None, max_images: i
     for i in indices:
         item = dataset[i]
         x = item["image"][None].to(device)
-        scores = infer(model, x, cfg, spec.num_classes, precision.autocast() if precision else None,
+        scores = infer(model, x, cfg if plan is None else plan(tuple(x.shape[-2:])), spec.num_classes, precision.autocast() if precision else None,
                        precision.channels_last if precision else False)
         cm.update(scores.argmax(1)[0].cpu(), item["label"])
         if progress is not None:

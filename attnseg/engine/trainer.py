@@ -154,9 +154,11 @@ class Trainer:
         self.rank, self.local_rank, self.world, device = init_distributed(device)
         self.main = self.rank == 0
         self.prec = Precision.resolve(device, cfg.precision, cfg.channels_last)
-        # a wrong model name or option fails now, before any file is read or written (shapes only, on meta)
+        # a wrong model name or option fails now, before any file is read or written (shapes only, on meta;
+        # initial weights files are read by the real build below)
         with torch.device("meta"):
-            create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
+            create_model(cfg.model, num_classes=2, **{k: v for k, v in cfg.model_kwargs.items()
+                                                      if k not in ckpt_io.INIT_WEIGHT_KWARGS})
         self.run_dir = Path(cfg.run_dir)
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if cfg.deterministic:

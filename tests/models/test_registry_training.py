@@ -59,35 +59,8 @@ def build(name: str):
     return model.train()
 
 
-def emulated_bf16() -> bool:
-    from attnseg.engine.precision import cpu_has_native_bf16
-    return not cpu_has_native_bf16()
-
-
-def deeper_twin(name: str) -> bool:
-    """A model whose code path a shallower or sibling registered model already runs: ResNet-34/50/101 versions of
-    a ResNet-18 model, FCN-16s/32s beside FCN-8s, full-width LargeFOV models beside their ``_w05`` twins, and the
-    ResNet-101 / full-width LargeFOV defaults of ``flanet`` and ``attention_to_scale_largefov`` (``attention_to_scale``
-    runs the wrapper; the LargeFOV grid has its own test)."""
-    if name in ("flanet", "attention_to_scale_largefov"):  # ResNet-101 / full-width LargeFOV defaults
-        return True
-    if name.startswith(("deeplab_largefov_vgg16", "segaware_deeplab_largefov_vgg16")) and "_w05" not in name:
-        return True  # the full-width twin of a registered _w05 model
-    return any(t in name for t in ("resnet34", "resnet50", "resnet101")) or name.startswith(("fcn16s", "fcn32s"))
-
-
-def cases():
-    """Every model in fp32 and in bf16. Where the CPU emulates bf16 (AVX2: each bf16 step is 10-20x slower, the
-    whole bf16 half took 11 minutes on one core), the deeper twins' bf16 runs are marked slow (``make test-slow``
-    runs them): every code path still runs in bf16 in the default suite. Where bf16 is native, all of them run."""
-    slow_twins = emulated_bf16()
-    for name in MODELS:
-        yield pytest.param(name, "fp32", id=f"{name}-fp32")
-        marks = [pytest.mark.slow] if slow_twins and deeper_twin(name) else []
-        yield pytest.param(name, "bf16", id=f"{name}-bf16", marks=marks)
-
-
-@pytest.mark.parametrize("name,precision", list(cases()))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(MODELS))
 def test_two_adamw_steps(name, precision):
     model = build(name)
     H, W = SIZE
