@@ -167,7 +167,8 @@ def evaluate(model, dataset, cfg: InferenceConfig, precision=None, max_images: i
     for i in indices:
         item = dataset[i]
         x = item["image"][None].to(device)
-        scores = infer(model, x, cfg if plan is None else plan(tuple(x.shape[-2:])), spec.num_classes, precision.autocast() if precision else None,
+        view_cfg = cfg if plan is None else plan(tuple(x.shape[-2:]))
+        scores = infer(model, x, view_cfg, spec.num_classes, precision.autocast() if precision else None,
                        precision.channels_last if precision else False)
         cm.update(scores.argmax(1)[0].cpu(), item["label"])
         if progress is not None:
