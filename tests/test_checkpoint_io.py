@@ -332,3 +332,33 @@ def test_non_finite_optimizer_state_is_not_written(tmp_path):
         model[0].bias.fill_(float("inf"))
     with pytest.raises(NonFiniteStateError, match=r"1 of 6 model tensors and 1 of 12 .*\(0\.bias, optimizer"):
         training_state(tmp_path, model, opt)
+
+
+def test_a_flip_in_the_metadata_or_the_resume_state_is_caught(tmp_path):
+    """The checksums cover more than the tensors: the safetensors metadata (classes, model options) and last.pt's
+    step, RNG state and metadata."""
+    import json as _json
+
+    import torch as _torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from attnseg.engine import checkpoint as ck
+    model = _torch.nn.Linear(2, 2)
+    path = ck.save_weights(tmp_path / "w.safetensors", model, {"model": "x", "classes": {"names": ["a", "b"]}})
+    with safe_open(str(path), "pt") as f:
+        raw = dict(f.metadata())
+    raw["attnseg"] = raw["attnseg"].replace('"a"', '"c"')  # same length, other class name
+    save_file(ck.plain_state_dict(model), str(tmp_path / "m.safetensors"), metadata=raw)
+    with pytest.raises(ck.CheckpointError, match="metadata"):
+        ck.read_checkpoint(tmp_path / "m.safetensors")
+
+    opt = _torch.optim.SGD(model.parameters(), lr=0.1)
+    state = {"step": 5, "epoch": 0, "batch_in_epoch": 5, "elapsed": 1.0, "best": -1.0}
+    ck.save_training_state(tmp_path / "last.pt", model, opt, state, {"model": "x"})
+    payload = _torch.load(tmp_path / "last.pt", weights_only=True)
+    payload["step"] = 6
+    _torch.save(payload, tmp_path / "last.pt")
+    with pytest.raises(ck.CheckpointError, match="step, RNG state and metadata"):
+        ck.load_training_state(tmp_path / "last.pt")
+    assert _json.loads(payload["meta_json"]) == {"model": "x"}

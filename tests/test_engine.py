@@ -269,3 +269,13 @@ def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.model in MODELS
     parse_data_spec(cfg.data)
+
+
+def test_rerunning_a_finished_run_keeps_one_final_validation(tmp_path):
+    """Killed after the final last.pt but before model.safetensors (or simply run again): the resumed run validates
+    once more, and the log keeps one final val record, not two."""
+    Trainer(tiny_cfg(tmp_path, iters=2)).fit()
+    (tmp_path / "checkpoints" / "model.safetensors").unlink()
+    Trainer(tiny_cfg(tmp_path, iters=2)).fit()
+    assert [r["step"] for r in read_log(tmp_path, "val")] == [2]
+    assert (tmp_path / "checkpoints" / "model.safetensors").is_file()

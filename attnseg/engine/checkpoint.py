@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 CHECKSUM_ALG = "sha256-tensors-v1"
 #: safetensors metadata keys (strings) of the checksum
 META_CHECKSUM, META_CHECKSUM_ALG = "attnseg_checksum", "attnseg_checksum_alg"
+#: safetensors metadata key of the sha256 of the ``attnseg`` metadata JSON (classes, model options, preprocessing)
+META_META_CHECKSUM = "attnseg_meta_sha256"
 #: ``last.pt`` payload key of ``{"alg": CHECKSUM_ALG, "model": hex, "optimizer": hex}``
 PT_CHECKSUM = "attnseg_checksum"
 #: what ``attnseg eval`` / ``predict`` look for in a run directory, in this order
@@ -282,11 +284,12 @@ def save_training_state(path, model, optimizer, state: dict, meta: dict) -> Path
     model_sd, opt_sd = plain_state_dict(model), optimizer.state_dict()
     check_finite(path, model_sd, opt_sd)
     payload = {"model": model_sd, "optimizer": opt_sd,
-               "rng_cpu": torch.get_rng_state(), "meta_json": json.dumps(meta), **state,
-               PT_CHECKSUM: {"alg": CHECKSUM_ALG, "model": tensors_checksum(model_sd),
-                             "optimizer": tensors_checksum(opt_sd)}}
+               "rng_cpu": torch.get_rng_state(), "meta_json": json.dumps(meta), **state}
     if torch.cuda.is_available():
         payload["rng_cuda"] = torch.cuda.get_rng_state_all()
+    # "rest": the step, epoch position, RNG states and metadata, so that a flip there is caught as well
+    payload[PT_CHECKSUM] = {"alg": CHECKSUM_ALG, "model": tensors_checksum(model_sd),
+                            "optimizer": tensors_checksum(opt_sd), "rest": tensors_checksum(_rest(payload))}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -333,6 +336,11 @@ def _torch_load(path: Path):
                               ) from e
 
 
+def _rest(payload: dict) -> dict:
+    """The ``last.pt`` entries other than the weights, the optimiser state and the checksum itself."""
+    return {k: v for k, v in payload.items() if k not in ("model", "optimizer", PT_CHECKSUM)}
+
+
 def load_training_state(path, require=RESUME_KEYS) -> dict:
     """The ``last.pt`` payload, checked: a dict with the ``require``d keys whose checksum (if it has one)
     matches; ``meta`` holds the metadata. Raises :class:`CheckpointError` otherwise."""
@@ -360,6 +368,8 @@ def load_training_state(path, require=RESUME_KEYS) -> dict:
         for part in ("model", "optimizer"):
             if part in checksum and part in ckpt and tensors_checksum(ckpt[part]) != checksum[part]:
                 raise _corrupt(path, "tensors" if part == "model" else "optimizer state tensors")
+        if "rest" in checksum and tensors_checksum(_rest(ckpt)) != checksum["rest"]:
+            raise _corrupt(path, "step, RNG state and metadata")
     try:
         meta = json.loads(ckpt.pop("meta_json", "{}"))
     except (json.JSONDecodeError, TypeError):
@@ -377,7 +387,9 @@ def save_weights(path, model, meta: dict) -> Path:
     from safetensors.torch import save_file
     sd = plain_state_dict(model)
     check_finite(path, sd)
-    metadata = {"attnseg": json.dumps(meta), META_CHECKSUM: tensors_checksum(sd), META_CHECKSUM_ALG: CHECKSUM_ALG}
+    meta_json = json.dumps(meta)
+    metadata = {"attnseg": meta_json, META_CHECKSUM: tensors_checksum(sd), META_CHECKSUM_ALG: CHECKSUM_ALG,
+                META_META_CHECKSUM: hashlib.sha256(meta_json.encode()).hexdigest()}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=metadata))
 
 
@@ -406,6 +418,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})", "check the file and its permissions"
                               ) from e
+    if META_META_CHECKSUM in raw and \
+            hashlib.sha256(raw.get("attnseg", "").encode()).hexdigest() != raw[META_META_CHECKSUM]:
+        raise _corrupt(path, "metadata (classes, model options, preprocessing)")
     try:
         meta = json.loads(raw.get("attnseg", "{}"))
     except json.JSONDecodeError:

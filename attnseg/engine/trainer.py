@@ -108,10 +108,11 @@ class JsonLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def rewind(self, step: int) -> int:
+    def rewind(self, step: int, final_val_follows: bool = False) -> int:
         """Drop the records of steps after ``step`` (logged after the checkpoint a resume starts from, so they will
         be logged again) and any half-written last line; returns how many records were dropped. Without this, a
-        resumed run's learning curve would loop back."""
+        resumed run's learning curve would loop back. ``final_val_follows``: the run is complete and its final
+        validation runs again, so a val record at ``step`` is dropped too."""
         if self.path is None or not self.path.is_file():
             return 0
         keep, dropped = [], 0
@@ -121,7 +122,8 @@ class JsonLog:
             except json.JSONDecodeError:  # a line cut by a kill
                 dropped += 1
                 continue
-            if rec.get("kind") in ("train", "val") and rec.get("step", 0) > step:
+            kind, at = rec.get("kind"), rec.get("step", 0)
+            if (kind == "train" and at > step) or (kind == "val" and (at > step or (final_val_follows and at == step))):
                 dropped += 1
             else:
                 keep.append(line)
@@ -250,7 +252,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.saved_step = self.step
         if self.main:
-            dropped = self.log.rewind(self.step)
+            dropped = self.log.rewind(self.step, final_val_follows=self.done())
             print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})"
                   + (f"; {dropped} log records after step {self.step} are dropped and will be logged again"
                      if dropped else ""), flush=True)

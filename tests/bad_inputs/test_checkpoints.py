@@ -140,7 +140,7 @@ CASES = {
     "broken-header-json": ("eval", "model.safetensors", broken_header_json, False,
                            ("safetensors header", "is not valid", OTHER_FIX)),
     "broken-attnseg-metadata": ("predict", "model.safetensors", broken_attnseg_metadata, True,
-                                ("attnseg metadata", "not a JSON object", OTHER_FIX)),
+                                ("is corrupt", "its metadata", OTHER_FIX)),  # caught by its checksum
     "foreign-safetensors": ("eval", "model.safetensors", foreign_safetensors, False,
                             ("carries no attnseg metadata", "not written by attnseg")),
     "foreign-safetensors-predict": ("predict", "model.safetensors", foreign_safetensors, True,
