@@ -208,15 +208,14 @@ def cmd_eval(args) -> int:
         raise ValueError(f"the checkpoint's classes {meta['classes']['names']} differ from the dataset's "
                          f"{ds.spec.names}")
     icfg = _inference_from(meta, args)
-    from .engine.inference import plan_memory
-    limit, plans = _memory_limit(args), {}
+    from .engine.inference import MemoryPlanner
+    planner = MemoryPlanner(model, icfg, ds.spec.num_classes, _memory_limit(args), _fallback_crop(meta))
 
     def plan(hw):  # estimated once per image size, before the first image of that size runs
-        if hw not in plans:
-            plans[hw], note = plan_memory(model, hw, icfg, ds.spec.num_classes, limit, _fallback_crop(meta))
-            if note:
-                print(f"\n{note} (and for every {hw[1]}x{hw[0]} image)", flush=True)
-        return plans[hw]
+        cfg, note = planner(hw)
+        if note:
+            print(f"\n{note} (and for every {hw[1]}x{hw[0]} image)", flush=True)
+        return cfg
 
     plan(ds.load(0)[0].shape[:2])  # the first size before the bar starts: a refusal stops at once
     n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
@@ -261,7 +260,6 @@ def cmd_predict(args) -> int:
     spec = LabelSpec.from_dict(meta["classes"])
     norm = _normalize_from(meta)
     base_cfg = _inference_from(meta, args)
-    limit = _memory_limit(args)
     stems = output_stems(images)
     if len(set(p.stem for p in images)) < len(images):
         print("some inputs share a file name: outputs are named after their folders too ("
@@ -269,18 +267,15 @@ def cmd_predict(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
-    from .engine.inference import plan_memory
-    plans = {}
+    from .engine.inference import MemoryPlanner
+    planner = MemoryPlanner(model, base_cfg, spec.num_classes, _memory_limit(args), _fallback_crop(meta))
     for path, stem in zip(images, stems):
         image = read_image(path)
         for q in queries:
             check_query(q, image.shape[:2])  # before the inference: a wrong query fails fast, with the image size
-        if image.shape[:2] not in plans:  # estimated once per image size, before anything big is allocated
-            plans[image.shape[:2]] = plan_memory(model, image.shape[:2], base_cfg, spec.num_classes, limit,
-                                                 _fallback_crop(meta))
-        icfg, note = plans[image.shape[:2]]
+        icfg, note = planner(image.shape[:2])  # estimated once per image size, before anything big is allocated
         if note:
-            print(f"{path}: {note}", flush=True)
+            print(f"{path}: {note} (and for every later {image.shape[1]}x{image.shape[0]} image)", flush=True)
         x, _ = norm(image, None, None)
         t = time.time()
         with torch.no_grad():

@@ -3,7 +3,7 @@
 Each loaded sample is checked (image decodes, label size equals image size, label values are classes or
 ignore) and a failure raises DataError naming the file, in the main process or a worker alike. A training split
 whose label maps hold no class pixel at all (every pixel ignore: the loss would be 0) raises DataError when its
-cache is complete (the trainer decodes every training sample first) or from ``check_labels``.
+cache is complete or from ``check_labels``, which the trainer calls before training.
 """
 
 from __future__ import annotations
@@ -91,34 +91,31 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.cache is not None:
             self.cache[index] = (image, label)
             if len(self.cache) == len(self.samples) and is_training_split(self.split):
-                self.check_not_all_ignore(lab for _, lab in self.cache.values())
+                self._require_classes(lab for _, lab in self.cache.values())
         return image, label
 
     def check_labels(self, require_classes: bool | None = None) -> None:
         """Decode every sample (filling the cache when there is one): the first bad file raises DataError, and so
         does a split whose label maps hold no class pixel when ``require_classes`` (default: a training split)."""
+        if require_classes is None:
+            require_classes = is_training_split(self.split)
+        labels = (self.load(i)[1] for i in range(len(self)))
+        if require_classes:
+            self._require_classes(labels)
+        else:
+            for _ in labels:  # every file decoded and checked all the same
+                pass
+
+    def _require_classes(self, labels) -> None:
+        """Consume every label map of ``labels`` (keeping none); raise DataError (``all_ignore_message``) when none
+        holds a class pixel."""
         K, any_class, pixels, maps = self.spec.num_classes, False, 0, 0
-        for i in range(len(self)):  # every file, not only up to the first class pixel; no label kept
-            label = self.load(i)[1]
+        for label in labels:
             if label is None or any_class:
                 continue
             any_class = bool(np.any((label >= 0) & (label < K)))
             pixels, maps = pixels + label.size, maps + 1
-        if require_classes is None:
-            require_classes = is_training_split(self.split)
-        if maps and not any_class and require_classes:
-            raise DataError(self.all_ignore_message(pixels, maps))
-
-    def check_not_all_ignore(self, labels) -> None:
-        """Raise DataError (``all_ignore_message``) when no label map of ``labels`` holds a class pixel."""
-        K, pixels, maps = self.spec.num_classes, 0, 0
-        for label in labels:
-            if label is None:
-                continue
-            if np.any((label >= 0) & (label < K)):
-                return
-            pixels, maps = pixels + label.size, maps + 1
-        if maps:
+        if maps and not any_class:
             raise DataError(self.all_ignore_message(pixels, maps))
 
     def all_ignore_message(self, pixels: int, maps: int | None = None) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from .precision import PRECISIONS
+
 
 @dataclass
 class TrainConfig:
@@ -93,9 +95,7 @@ _NONE = ("null", "none", "~", "")
 # tuple fields: (element type, length or None for any length >= 1)
 _TUPLES = {"crop": (int, 2), "scale_range": (float, 2), "eval_crop": (int, 2), "eval_stride": (int, 2),
            "eval_scales": (float, None)}
-CHOICES = {"optimizer": ("adamw", "sgd"), "precision": ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16",
-                                                         "float16"),
-           "eval_mode": ("whole", "slide")}
+CHOICES = {"optimizer": ("adamw", "sgd"), "precision": PRECISIONS, "eval_mode": ("whole", "slide")}
 
 
 def _bad(key, value, expected: str) -> ConfigError:
@@ -119,10 +119,8 @@ def _to_int(key, v):
 def _to_float(key, v):
     if isinstance(v, bool):
         raise _bad(key, v, "a number")
-    if isinstance(v, (int, float)):
-        return float(v)
     try:
-        return float(v)  # "1e-3": YAML 1.1 reads exponents without a dot as strings
+        return float(v)  # also "1e-3": YAML 1.1 reads exponents without a dot as strings
     except (TypeError, ValueError):
         raise _bad(key, v, "a number (for example 0.002 or 2e-3)") from None
 

@@ -127,28 +127,55 @@ MEMORY_OVERHEAD = 64 * 1024 ** 2
 
 
 def plan_memory(model, image_hw: tuple[int, int], cfg: InferenceConfig, num_classes: int, limit_bytes: float,
-                fallback_crop: tuple[int, int] | None) -> tuple[InferenceConfig, str | None]:
+                fallback_crop: tuple[int, int] | None, meta_model=None) -> tuple[InferenceConfig, str | None]:
     """Keep an inference under ``limit_bytes``: estimate its memory first (``engine.memory``), switch a whole-image
     inference that would exceed the limit to sliding windows of ``fallback_crop``, and stop with the figures and
     the fix when even that does not fit. Returns (the config to use, a line saying what was decided or None)."""
-    from .memory import format_bytes, inference_peak_bytes
+    from .memory import format_bytes, inference_peak_bytes, meta_copy
 
-    need = MEMORY_SAFETY * inference_peak_bytes(model, image_hw, cfg, num_classes) + MEMORY_OVERHEAD
-    if need <= limit_bytes:
+    meta_model = meta_model if meta_model is not None else meta_copy(model)
+
+    def need(c: InferenceConfig) -> float:
+        return MEMORY_SAFETY * inference_peak_bytes(model, image_hw, c, num_classes, meta_model) + MEMORY_OVERHEAD
+
+    whole = need(cfg)
+    if whole <= limit_bytes:
         return cfg, None
-    what = f"inference of a {image_hw[1]}x{image_hw[0]} image ({cfg.describe()}) needs about {format_bytes(need)}"
+    what = f"inference of a {image_hw[1]}x{image_hw[0]} image ({cfg.describe()}) needs about {format_bytes(whole)}"
     if cfg.mode == "whole" and fallback_crop:
         # one window at a time, of 512 px (few windows, little overlap) or the training crop where that is larger;
         # then of the training crop
         crops = dict.fromkeys([tuple(max(512, int(c)) for c in fallback_crop), tuple(int(c) for c in fallback_crop)])
         for crop in crops:
             slide = replace(cfg, mode="slide", crop=crop, stride=None, window_batch=1)
-            need_slide = MEMORY_SAFETY * inference_peak_bytes(model, image_hw, slide, num_classes) + MEMORY_OVERHEAD
+            need_slide = need(slide)
             if need_slide <= limit_bytes:
                 return slide, (f"{what}, over the limit of {format_bytes(limit_bytes)}: using sliding windows "
                                f"instead ({slide.describe()}, about {format_bytes(need_slide)})")
     raise ValueError(f"{what}, over the limit of {format_bytes(limit_bytes)} (--max-memory); give a smaller "
                      "image, --mode slide with a smaller --crop, or a larger --max-memory if the machine has it")
+
+
+class MemoryPlanner:
+    """``plan_memory`` per image size, for a stream of images (``attnseg eval`` / ``predict``): each size is
+    estimated once, on one meta copy of the model. ``planner(hw) -> (config, note)``; the note (what was decided,
+    or None) comes with the first image of a size only."""
+
+    def __init__(self, model, cfg: InferenceConfig, num_classes: int, limit_bytes: float,
+                 fallback_crop: tuple[int, int] | None):
+        from .memory import meta_copy
+        self.model, self.cfg, self.num_classes = model, cfg, num_classes
+        self.limit_bytes, self.fallback_crop = limit_bytes, fallback_crop
+        self.meta_model = meta_copy(model)
+        self.plans: dict[tuple[int, int], InferenceConfig] = {}
+
+    def __call__(self, image_hw: tuple[int, int]) -> tuple[InferenceConfig, str | None]:
+        hw = tuple(int(v) for v in image_hw)
+        if hw in self.plans:
+            return self.plans[hw], None
+        self.plans[hw], note = plan_memory(self.model, hw, self.cfg, self.num_classes, self.limit_bytes,
+                                           self.fallback_crop, self.meta_model)
+        return self.plans[hw], note
 
 
 @torch.no_grad()

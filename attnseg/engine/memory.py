@@ -54,12 +54,22 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
+def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with every parameter and buffer on ``meta``; the weights themselves are never copied (a plain
+    deep copy would double the model's memory for a moment, on a GPU too)."""
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+            for p in model.parameters()}
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
 def estimate_inference_bytes(model: torch.nn.Module, shape: tuple[int, int, int, int],
-                             dtype: torch.dtype = torch.float32) -> int:
-    """Estimated peak memory (bytes) of ``model(x)`` under no_grad for x of ``shape``: activations + weights."""
+                             dtype: torch.dtype = torch.float32, meta_model: torch.nn.Module | None = None) -> int:
+    """Estimated peak memory (bytes) of ``model(x)`` under no_grad for x of ``shape``: activations + weights.
+    ``meta_model``: ``meta_copy(model)`` made once by a caller that estimates several shapes."""
     B, C, H, W = shape
     try:
-        meta_model = copy.deepcopy(model).to("meta")
+        meta_model = meta_model if meta_model is not None else meta_copy(model)
         peak = _activation_peak(meta_model, torch.empty(B, C, H, W, device="meta", dtype=dtype))
     except (NotImplementedError, RuntimeError, TypeError, ValueError):
         ph, pw = min(H, 128), min(W, 128)
@@ -72,7 +82,7 @@ def format_bytes(n: float) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 1024 ** 2:.0f} MiB"
 
 
-def inference_peak_bytes(model, image_hw: tuple[int, int], cfg, num_classes: int) -> int:
+def inference_peak_bytes(model, image_hw: tuple[int, int], cfg, num_classes: int, meta_model=None) -> int:
     """Estimated peak memory of ``engine.inference.infer`` on one image of ``image_hw`` with ``cfg``: the largest
     view's forward pass (whole image, or one batch of windows plus the window-score accumulator), the input and its
     rescaled copy, and the full-resolution scores (one map; three when several views are averaged)."""
@@ -90,8 +100,9 @@ def inference_peak_bytes(model, image_hw: tuple[int, int], cfg, num_classes: int
             windows = (-(-max(h - ch, 0) // sh) + 1) * (-(-max(w - cw, 0) // sw) + 1)
             n = max(1, min(cfg.window_batch, windows))
             # window batch forward + accumulator and its average at (K, h, w)
-            view = estimate_inference_bytes(model, (n, 3, ch, cw)) + 2 * K * max(h, ch) * max(w, cw) * f32
+            view = (estimate_inference_bytes(model, (n, 3, ch, cw), meta_model=meta_model)
+                    + 2 * K * max(h, ch) * max(w, cw) * f32)
         else:
-            view = estimate_inference_bytes(model, (1, 3, h, w))
+            view = estimate_inference_bytes(model, (1, 3, h, w), meta_model=meta_model)
         peak = max(peak, view)
     return peak + fixed

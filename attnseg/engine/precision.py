@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+#: the accepted ``precision`` values (aliases included)
+PRECISIONS = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
 
 def cpu_has_native_bf16() -> bool:
     try:

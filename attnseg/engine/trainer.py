@@ -156,13 +156,6 @@ class Trainer:
         self.rank, self.local_rank, self.world, device = init_distributed(device)
         self.main = self.rank == 0
         self.prec = Precision.resolve(device, cfg.precision, cfg.channels_last)
-        # a wrong model name or option fails now, before any file is read or written (shapes only, on meta;
-        # initial weights files are read by the real build below)
-        with torch.device("meta"):
-            create_model(cfg.model, num_classes=2, **{k: v for k, v in cfg.model_kwargs.items()
-                                                      if k not in ckpt_io.INIT_WEIGHT_KWARGS})
-        self.run_dir = Path(cfg.run_dir)
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -177,8 +170,10 @@ class Trainer:
         if self.val_set.spec.names != self.spec.names:
             raise ValueError(f"train and val datasets have different classes: {self.spec.names} vs "
                              f"{self.val_set.spec.names}")
-        # the model first: a wrong name or option fails in a second, before minutes of decoding
+        # the model before any file is written and before minutes of decoding: a wrong name or option fails at once
         self.model = create_model(cfg.model, num_classes=self.spec.num_classes, **cfg.model_kwargs)
+        self.run_dir = Path(cfg.run_dir)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         # decode and check every sample once before training (and before workers fork; fills the caches when
         # cache=true): a bad file or an all-ignore training split stops here, not at step 900 or at validation
         self.train_set.check_labels(require_classes=True)
@@ -193,6 +188,7 @@ class Trainer:
         self.best = -1.0
         self.last_metrics = None
         self.saved_step = None  # the step that last.pt holds (None: no checkpoint written or found yet)
+        self.refused_step = None  # the last step whose non-finite state save() refused
         self.log = JsonLog(self.run_dir / "log.jsonl" if self.main else None)
         self.git = git_hash()
         self._maybe_resume()
@@ -262,6 +258,8 @@ class Trainer:
         holds the last finite state."""
         if not self.main:
             return True
+        if self.refused_step == self.step:  # this step's state was refused already (the NaN stop asks again)
+            return False
         state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                  "elapsed": self.elapsed, "best": self.best}
         if self.scaler.is_enabled():
@@ -271,6 +269,7 @@ class Trainer:
                                         self.meta())
         except ckpt_io.NonFiniteStateError as e:
             log.warning("not saving step %d: %s", self.step, e)
+            self.refused_step = self.step
             return False
         self.saved_step = self.step
         return True
