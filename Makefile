@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow test-all lint bench bench-scale bench-attention bench-segaware
+.PHONY: install demo test test-slow test-browser test-all lint bench bench-zoo bench-scale bench-attention bench-segaware
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -24,8 +24,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# the web page in a real browser: Playwright from PyPI drives Debian's chromium (no browser download works here)
+test-browser: $(STAMP)
+	test -x /usr/bin/chromium || apt-get install -y chromium
+	$(BIN)/pip install -q -c constraints.txt -e '.[serve,browser]'
+	$(BIN)/python -m pytest -q -m browser tests/browser
+
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -m "slow or not slow or browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check attnseg tests benchmarks
@@ -35,6 +41,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/inference_speed.py
 	$(BIN)/python benchmarks/scale_cost.py
 	$(BIN)/python benchmarks/memory_estimate.py --out runs/bench/memory_estimate.json
+	$(BIN)/python benchmarks/serve_overhead.py --threads 2 --repeats 20 --out runs/bench/serve_overhead.json
+	$(BIN)/python benchmarks/onnx_speed.py --threads 2 --repeats 20 --out runs/bench/onnx_speed.json
+
+# docs/MODEL_ZOO.md: parameters, GFLOPs and CPU images/s of every registered model (~10 min on an idle machine)
+bench-zoo: $(STAMP)
+	$(BIN)/python benchmarks/model_zoo.py --threads 2 --repeats 3 --fresh
 
 # the issue-3 tables (about 40 and 90 CPU minutes; finished runs are reused, interrupted ones resume)
 bench-scale: $(STAMP)

@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .api import Predictor, Result, load  # noqa: E402
 from .data.labels import LabelSpec  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
 
-__all__ = ["LabelSpec", "create_model", "list_models", "__version__"]
+__all__ = ["LabelSpec", "Predictor", "Result", "create_model", "list_models", "load", "__version__"]

@@ -3,8 +3,12 @@
     attnseg demo [--out DIR] [--iters N]
     attnseg train CONFIG [key=value ...]          (also: torchrun --nproc_per_node=N -m attnseg train CONFIG)
     attnseg eval CHECKPOINT --data camvid:PATH [--split val] [--mode whole|slide] [--tta scales=0.75,1,1.25 flip=true]
-    attnseg predict CHECKPOINT IMAGE... --out DIR [--attention [--query Y,X ...]]
+    attnseg predict CHECKPOINT|FILE.onnx IMAGE... --out DIR [--attention [--query Y,X ...]] [--backend onnx]
+    attnseg export RUN --format onnx [--out FILE.onnx] [--opset N] [--ids] [--check-size HxW ...] [--no-check]
+    attnseg serve RUN [RUN ...] [--host 127.0.0.1] [--port 8000]
     attnseg models
+    attnseg info MODEL [--size HxW] [--num-classes K] [--batch B] [--json] [--set key=value ...]
+    attnseg card RUN [--out FILE]
     attnseg data check SPEC [--splits train,val]
 """
 
@@ -39,9 +43,6 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"takes a number > 0, not {s!r}") from None
         return v
     return parse
-
-
-DEFAULT_MAX_MEMORY_GB = 8.0
 
 
 def _query(s: str) -> tuple[int, int]:
@@ -116,19 +117,8 @@ def _inference_from(meta: dict, args):
 
 def _memory_limit(args) -> float:
     """--max-memory (GiB), else $ATTNSEG_MAX_MEMORY_GB, else 8 GiB."""
-    import os
-    if getattr(args, "max_memory", None):
-        return args.max_memory * 1024 ** 3
-    env = os.environ.get("ATTNSEG_MAX_MEMORY_GB")
-    if env:
-        try:
-            value = float(env)
-            if value <= 0:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"ATTNSEG_MAX_MEMORY_GB={env!r} is not a number of GiB > 0") from None
-        return value * 1024 ** 3
-    return DEFAULT_MAX_MEMORY_GB * 1024 ** 3
+    from .api import memory_limit_bytes
+    return memory_limit_bytes(getattr(args, "max_memory", None))
 
 
 def _fallback_crop(meta: dict):
@@ -237,176 +227,66 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    import torch
-
-    from .data import LabelSpec, read_image
-    from .engine.checkpoint import load_model
-    from .engine.inference import infer
-    from .engine.precision import Precision, resolve_device
-    from .viz.attention_maps import check_query
-    from .viz.overlay import overlay, save_label_png
+    from .api import load
     queries = getattr(args, "query", None) or []
     if queries and not args.attention:
         raise ValueError("--query picks the pixel whose attention is drawn; add --attention")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the predictions (it is created if needed)")
+    is_onnx = Path(args.checkpoint).suffix.lower() == ".onnx"
+    backend = args.backend or ("onnx" if is_onnx else "torch")
+    if (backend == "onnx") != is_onnx:
+        raise ValueError(f"--backend {backend} runs " + ("an .onnx file written by attnseg export"
+                                                         if backend == "onnx" else "a run directory or checkpoint")
+                         + f", not {args.checkpoint}")
+    if backend == "onnx" and args.attention:
+        raise ValueError("--attention needs the PyTorch checkpoint (an ONNX file holds only the logits); give the "
+                         "run directory")
     images = collect_images(args.images)
-    device = resolve_device(args.device)
-    prec = Precision.resolve(device, args.precision)
-    model, meta = load_model(args.checkpoint, device)
-    model = prec.model(model)
-    spec = LabelSpec.from_dict(meta["classes"])
-    norm = _normalize_from(meta)
-    base_cfg = _inference_from(meta, args)
+    tta = _parse_tta(args.tta)
+    predictor = load(args.checkpoint, device=args.device, precision=args.precision,
+                     max_memory_gb=args.max_memory, mode=args.mode, crop=args.crop, stride=args.stride,
+                     test_scale=args.test_scale, scales=tta.get("scales"), flip=tta.get("flip"))
     stems = output_stems(images)
     if len(set(p.stem for p in images)) < len(images):
         print("some inputs share a file name: outputs are named after their folders too ("
               + ", ".join(f"{p} -> {s}" for p, s in zip(images, stems) if s != p.stem) + ")")
     out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    from .engine.inference import MemoryPlanner
-    planner = MemoryPlanner(model, base_cfg, spec.num_classes, _memory_limit(args), _fallback_crop(meta))
     for path, stem in zip(images, stems):
-        image = read_image(path)
-        for q in queries:
-            check_query(q, image.shape[:2])  # before the inference: a wrong query fails fast, with the image size
-        icfg, note = planner(image.shape[:2])  # estimated once per image size, before anything big is allocated
-        if note:
-            print(f"{path}: {note} (and for every later {image.shape[1]}x{image.shape[0]} image)", flush=True)
-        x, _ = norm(image, None, None)
-        t = time.time()
-        with torch.no_grad():
-            scores = infer(model, x[None].to(device), icfg, spec.num_classes, prec.autocast(), prec.channels_last)
-        ids = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        save_label_png(out / f"{stem}_ids.png", ids, spec)
-        Image.fromarray(overlay(image, ids, spec)).save(out / f"{stem}_overlay.png")
-        print(f"{path}: {ids.shape[1]}x{ids.shape[0]}, {1000 * (time.time() - t):.0f} ms -> "
-              f"{out / (stem + '_ids.png')}, {out / (stem + '_overlay.png')}")
-        if args.attention and icfg.mode != base_cfg.mode:
-            print(f"  attention maps are drawn from one whole-image pass, which the memory limit ruled out for "
-                  f"{path}; give a smaller image or a larger --max-memory")
-        elif args.attention:
-            _write_attention(model, meta, prec, x.to(device), image, ids, spec, out / stem, queries,
-                             icfg.test_scale)
+        result = predictor.predict(path, attention=args.attention, query=queries)
+        for note in result.notes:
+            if note.startswith("attention maps"):
+                print(f"  {note} ({path})")
+            else:
+                print(f"{path}: {note} (and for every later {result.ids.shape[1]}x{result.ids.shape[0]} image)",
+                      flush=True)
+        ids_path, ov_path = result.save(out / stem)
+        print(f"{path}: {result.ids.shape[1]}x{result.ids.shape[0]}, {result.timing_ms['total']:.0f} ms -> "
+              f"{ids_path}, {ov_path}")
+        if result.attention is not None:
+            pictures, notes = result.attention.pictures(queries)
+            for note in notes:
+                print(f"  {note}")
+            written = []
+            for pic in pictures:
+                dest = out / f"{stem}_{pic.name}.png"
+                pic.to_pil().save(dest)
+                written.append(dest)
+            if written:
+                print("  attention: " + ", ".join(str(p) for p in written))
     return 0
 
 
-def _write_attention(model, meta, prec, x, image, ids, spec, prefix: Path, queries=(), test_scale: float = 1.0) -> None:
-    """Every attention map the model returns, as heat maps over the image; for a multi-scale model also the
-    per-scale weights and predictions side by side (``<stem>_scales.png``, Chen et al. 2016, Fig. 1/5 style).
-
-    Models whose maps carry a feature ``grid`` (the FLANet family: (B, H'W', h'w') non-local / position maps,
-    criss-cross crosses, C×C channel maps) are drawn per query pixel (y, x): ``<stem>_query_<y>_<x>.png`` (the
-    figure of ``query_attention_figure``) and ``<stem>_attn_<name>_q<y>_<x>.png`` per spatial map; without
-    ``queries`` the image centre is the query. The input is resized by ``test_scale`` first, as for the prediction
-    (a model trained at half resolution attends at half resolution)."""
-    import torch
-    from PIL import Image
-
-    from .engine.inference import rescale
-    from .models.base import resize_to
-    from .viz.overlay import blend_heatmap, overlay, scale_attention_figure
-
-    H, W = image.shape[:2]
-    with torch.no_grad():
-        att = model(prec.images(rescale(x[None], test_scale)), return_attention=True).get("attention", {})
-    if not att:
-        print(f"  model {meta['model']} returns no attention maps (FCN, DeconvNet and LargeFOV are attention-free "
-              "baselines)")
-    written = []
-    scales = getattr(model, "scales", None)
-    if "scale_weights" in att and "scale_logits" in att:
-        weights = att.pop("scale_weights")[0].float().cpu().numpy()                    # (S, h, w), resized when drawn
-        logits = att.pop("scale_logits")[0].float()                                     # (S, K, h, w)
-        scale_ids = resize_to(logits, (H, W)).argmax(1).cpu().numpy().astype("uint8")   # (S, H, W)
-        scales = scales or list(range(len(weights)))
-        for s, w, p in zip(scales, weights, scale_ids):
-            path = Path(f"{prefix}_attn_scale_{s:g}.png")
-            Image.fromarray(blend_heatmap(image, w, 0.75, vmin=0.0, vmax=1.0)).save(path)
-            path2 = Path(f"{prefix}_pred_scale_{s:g}.png")
-            Image.fromarray(overlay(image, p, spec)).save(path2)
-            written += [path, path2]
-        fig = Path(f"{prefix}_scales.png")
-        scale_attention_figure(image, ids, weights, scale_ids, spec, scales).save(fig)
-        written.append(fig)
-    if "embedding" in att:
-        written += _write_local_masks(att, image, prefix, queries)
-    if "grid" in att:
-        written += _write_query_attention(att, image, prefix, queries, meta["model"])
-    elif queries and att:
-        print(f"  --query is for models whose attention maps live on a feature grid (the FLANet family); "
-              f"{meta['model']}'s maps are drawn over the whole image")
-    for name, a in att.items():
-        a = a[0].float()
-        while a.dim() > 2:
-            a = a.mean(0)
-        path = Path(f"{prefix}_attn_{name}.png")
-        Image.fromarray(blend_heatmap(image, a.cpu().numpy(), 0.6)).save(path)
-        written.append(path)
-    if written:
-        print("  attention: " + ", ".join(str(p) for p in written))
-
-
-def _write_local_masks(att: dict, image, prefix: Path, queries) -> list[Path]:
-    """Segmentation-aware networks (Harley et al. 2017): ``<stem>_embedding.png`` (the embedding's first three
-    principal components as colour) and per query ``<stem>_masks_<y>_<x>.png`` (the local attention masks of one
-    layer per resolution and window around that pixel). Removes the maps it drew from ``att``."""
-    from PIL import Image
-
-    from .viz.local_masks import embedding_pca_colours, local_mask_figure, parse_mask_key
-
-    H, W = image.shape[:2]
-    one = {name: a[0] for name, a in att.items() if name == "embedding" or parse_mask_key(name)}
-    path = Path(f"{prefix}_embedding.png")
-    Image.fromarray(embedding_pca_colours(one["embedding"])).resize((W, H), Image.NEAREST).save(path)
-    written = [path]
-    if len(one) > 1:
-        if not queries:
-            queries = [(H // 2, W // 2)]
-            print(f"  no --query given: drawing the local attention masks of the image centre {queries[0]}; give "
-                  "--query Y,X (image pixels, repeatable) for other pixels")
-        for y, x in queries:
-            fig = Path(f"{prefix}_masks_{y}_{x}.png")
-            local_mask_figure(image, one, (y, x)).save(fig)
-            written.append(fig)
-    for name in one:
-        att.pop(name)
-    return written
-
-
-def _write_query_attention(att: dict, image, prefix: Path, queries, model_name: str) -> list[Path]:
-    """The FLANet family's maps for each query (see ``_write_attention``); removes the maps it drew from ``att``
-    (and ``grid``), so that the generic per-map loop draws only what is left."""
-    from PIL import Image
-
-    from .viz.attention_maps import QUERY_KEYS, map_name, query_attention_figure, query_attention_maps, query_heatmap
-
-    H, W = image.shape[:2]
-    if set(att) == {"grid"}:
-        att.pop("grid")
-        print(f"  model {model_name} returns no attention maps (its head has no attention block)")
-        return []
-    if not queries:
-        queries = [(H // 2, W // 2)]
-        print(f"  no --query given: drawing the attention of the image centre {queries[0]}; give --query Y,X "
-              "(image pixels, repeatable) for other pixels")
-    written = []
-    for y, x in queries:
-        maps = query_attention_maps(att, (y, x), (H, W))
-        fig = Path(f"{prefix}_query_{y}_{x}.png")
-        query_attention_figure(image, maps, (y, x)).save(fig)
-        written.append(fig)
-        for title, kind, values in maps:
-            if kind == "spatial":
-                path = Path(f"{prefix}_attn_{map_name(title)}_q{y}_{x}.png")
-                Image.fromarray(query_heatmap(image, values, (y, x))).save(path)
-                written.append(path)
-    for name in QUERY_KEYS:
-        att.pop(name, None)
-    return written
+def cmd_serve(args) -> int:
+    from .serve import ServeSettings, require_serve_extra, serve
+    require_serve_extra()
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a TCP port (1..65535)")
+    settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    serve(args.runs, args.host, args.port, settings, device=args.device, precision=args.precision,
+          max_memory_gb=args.max_memory)
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -475,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resize factor before inference (default: the checkpoint's)")
         q.add_argument("--max-memory", type=_positive(float), metavar="GIB",
                        help="memory limit of one inference in GiB (default $ATTNSEG_MAX_MEMORY_GB or "
-                            f"{DEFAULT_MAX_MEMORY_GB:g}); a whole-image inference estimated above it runs in sliding "
+                            "8); a whole-image inference estimated above it runs in sliding "
                             "windows of the training crop, or stops with the estimate")
         q.add_argument("--tta", nargs="*", help="scales=0.75,1,1.25 flip=true")
         q.add_argument("--device", default="auto")
@@ -492,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="class-id PNGs and colour overlays for images")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help="run directory, checkpoint file, or .onnx file (attnseg export)")
     pr.add_argument("images", nargs="+", help="image files or folders of images")
     pr.add_argument("--out", required=True)
     pr.add_argument("--attention", action="store_true", help="also write the model's attention maps")
@@ -500,8 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --attention, for FLANet-family and segmentation-aware models: the pixel (row, column of "
                          "the full-resolution image) whose attention is drawn, <stem>_query_<Y>_<X>.png or "
                          "<stem>_masks_<Y>_<X>.png; repeatable (default: the centre)")
+    pr.add_argument("--backend", choices=("torch", "onnx"),
+                    help="torch (a run directory or checkpoint) or onnx (an .onnx file, run by onnxruntime); "
+                         "default: by the file")
     add_infer_args(pr)
     pr.set_defaults(func=cmd_predict)
+
+    sv = sub.add_parser("serve", help="a web page over trained models: upload, overlay, attention per clicked pixel")
+    sv.add_argument("runs", nargs="+", help="run directories, checkpoint files or .onnx files")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-upload-mb", type=_positive(float), default=20.0, help="largest request body (MiB)")
+    sv.add_argument("--max-pixels", type=_positive(int), default=16_000_000, help="largest image (width x height)")
+    sv.add_argument("--max-memory", type=_positive(float), metavar="GIB",
+                    help="memory limit of one inference in GiB (as for predict)")
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--precision", default="auto")
+    sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="list models with parameter counts")
     m.add_argument("--num-classes", type=int, default=21)
@@ -514,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--splits", default="train,val")
     c.add_argument("--json", help="also write the report as JSON")
     c.set_defaults(func=cmd_data)
+    from .model_info import add_parser as add_info_parser
+    add_info_parser(sub)
+    from .model_card import add_parser as add_card_parser
+    add_card_parser(sub)
+    from .export import add_parser as add_export_parser
+    add_export_parser(sub)
     return p
 
 

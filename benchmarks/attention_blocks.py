@@ -45,7 +45,7 @@ this one; the memory figures then interfere):
     (after the timed ones, not timed) under ``torch.profiler.profile(profile_memory=True)``; the profiler records
     every CPU tensor allocation and free (+/- bytes); the figure is the peak of their running sum in time order
     (``allocated_peak_bytes``). It does not see memory that oneDNN or the C allocator hold outside tensors.
-  - ``rss_peak_fwd_bwd_MiB`` on CPU: the OS's view, with ``scale_cost.Meter`` (the method of
+  - ``rss_peak_fwd_bwd_MiB`` on CPU: the OS's view, with ``common.Meter`` (the method of
     benchmarks/scale_cost.py, which reads the peak RSS from ``VmHWM`` in /proc/self/status, else ``ru_maxrss``): the
     increase of the process's peak resident set size over the timed forward+backward steps, read after them minus the
     same read just before them, the high-water mark first reset to the current RSS (``echo 5 >
@@ -58,7 +58,7 @@ this one; the memory figures then interfere):
     above ``peak_fwd_bwd_MiB`` (fla_block, C=128, B=2, 33x33: 48 vs 30 MiB); on large ones the two agree (non-local
     attention, C=8, B=1, 97x97: 1015 vs 1013 MiB).
   - CUDA (``peak_fwd_bwd_MiB``): ``torch.cuda.max_memory_allocated()`` over the timed steps minus
-    ``torch.cuda.memory_allocated()`` before them (after ``reset_peak_memory_stats``), also with ``scale_cost.Meter``.
+    ``torch.cuda.memory_allocated()`` before them (after ``reset_peak_memory_stats``), also with ``common.Meter``.
   Beside it, ``memory_estimate_MiB``: the blocks' own estimate of their attention maps in training (fp32
   energies + softmax): ``attention_memory_bytes`` (non-local), ``PositionAttention.memory_bytes``,
   ``DANetBlock.memory_bytes``, ``CrissCrossAttention.memory_bytes``, ``FullyAttentionalBlock.memory_bytes``
@@ -100,8 +100,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import scale_cost  # noqa: E402
-from scale_synthetic import emit, machine_info, parse_size, set_threads  # noqa: E402
+from common import Meter, emit, machine_info, parse_size, run_child, set_threads  # noqa: E402
 
 from attnseg.attention import (  # noqa: E402
     ChannelAttention,
@@ -306,7 +305,7 @@ def measure(args, name: str, size: tuple[int, int]) -> dict:
     # reset (the C allocator would keep what it frees and the measured steps reuse it without raising the RSS)
     g = torch.randn(output_shape(name, inputs), generator=torch.Generator().manual_seed(1)).to(device)
     est, est_source = memory_estimate(name, module, args.batch, args.channels, H, W)
-    meter = scale_cost.Meter(device)
+    meter = Meter(device)
 
     module.train()
     for t in inputs:
@@ -364,7 +363,7 @@ def child_argv(args, name: str, size: tuple[int, int]) -> list[str]:
 def run_config(args, name: str, size: tuple[int, int]) -> dict:
     if args.in_process:
         return measure(args, name, size)
-    return scale_cost.run_child(child_argv(args, name, size))
+    return run_child(child_argv(args, name, size))
 
 
 # --------------------------------------------------------------------------------------------- matmul, ratios
@@ -380,7 +379,7 @@ def matmul_times(args, device: torch.device) -> list[float]:
         with prec.autocast():
             a @ b
 
-    return scale_cost.Meter(device).median_seconds(mm, args.warmup, args.repeats)[1]
+    return Meter(device).median_seconds(mm, args.warmup, args.repeats)[1]
 
 
 def add_rates(row: dict, name: str, B: int, C: int, H: int, W: int, matmul_gflops: float,

@@ -34,8 +34,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_camvid import DEFAULT_DATA, KEYS, find_camvid, score  # noqa: E402
-from scale_synthetic import emit, machine_info, parse_sweep_args, pct, run_or_reuse, set_threads  # noqa: E402
+from common import (  # noqa: E402  (the helpers shared by the benchmark scripts)
+    CAMVID_KEYS,
+    DEFAULT_DATA,
+    emit,
+    find_camvid,
+    machine_info,
+    parse_sweep_args,
+    pct,
+    run_or_reuse,
+    set_threads,
+)
+from common import camvid_score as score  # noqa: E402
 
 from attnseg.engine.config import TrainConfig, config_to_dict, load_config, parse_overrides  # noqa: E402
 
@@ -141,7 +151,7 @@ def main(argv=None):
     for seed in args.seeds:
         for variant in args.variants:
             cfg = make_config(args, variant, seed, data_root)
-            settings = {k: v for k, v in config_to_dict(cfg).items() if k in KEYS}
+            settings = {k: v for k, v in config_to_dict(cfg).items() if k in CAMVID_KEYS}
             r = run_or_reuse(cfg, settings, score, f"{variant} s{seed}", args.prune)
             runs.append({"variant": variant, "seed": seed, "model": cfg.model, "run_dir": cfg.run_dir, **r})
             print(f"[{variant} s{seed}] val mIoU {pct(r['miou'])}, {r['iters']} iters, "
@@ -151,7 +161,8 @@ def main(argv=None):
     budget = {"time_budget_min": args.time_budget} if args.time_budget is not None else {"iters": args.iters}
     doc = {"benchmark": "attention_camvid", "data": str(data_root), "split": "val", "budget": budget,
            "seeds": args.seeds, "depth": args.depth,
-           "settings": {k: v for k, v in config_to_dict(first).items() if k in KEYS and k not in ("model", "seed")}
+           "settings": {k: v for k, v in config_to_dict(first).items()
+                        if k in CAMVID_KEYS and k not in ("model", "seed")}
            | {"config": args.config, "overrides": args.set, "run_root": args.run_root},
            "class_groups": {"thin_small": THIN_SMALL, "large": LARGE},
            "summary": summary, "runs": runs, "wall_seconds": round(time.time() - t0, 1),

@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_cost import reset_rss_peak, rss_peak_bytes  # noqa: E402
-from scale_synthetic import emit, machine_info, set_threads  # noqa: E402
+from common import emit, machine_info, reset_rss_peak, rss_peak_bytes, set_threads  # noqa: E402
 
 from attnseg.engine.inference import MEMORY_OVERHEAD, MEMORY_SAFETY  # noqa: E402
 from attnseg.engine.memory import estimate_inference_bytes, weight_bytes  # noqa: E402

@@ -41,25 +41,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_synthetic import (  # noqa: E402  (the shared run / reuse helpers)
+from common import (  # noqa: E402  (the helpers shared by the benchmark scripts)
+    CAMVID_KEYS,
+    DEFAULT_DATA,
     FUSION_VARIANTS,
-    RESUME_KEYS,
     emit,
+    find_camvid,
     machine_info,
     parse_sweep_args,
     pct,
     run_or_reuse,
+    scale_variant_model,
     set_threads,
 )
-from scale_synthetic import variant_model as scale_variant_model  # noqa: E402
+from common import camvid_score as score  # noqa: E402
 
 from attnseg.engine.config import TrainConfig, config_to_dict, load_config, parse_overrides  # noqa: E402
 from attnseg.models import MODELS  # noqa: E402
 
 VARIANTS = ("single", *FUSION_VARIANTS, "farabet", "refine_n2", "refine_n3")
 DEFAULT_VARIANTS = ("single", "avg_esupv", "max_esupv", "attention_esupv", "farabet", "refine_n2", "refine_n3")
-KEYS = (*RESUME_KEYS, "base_scale", "test_scale", "eval_mode", "eval_scales", "eval_flip", "train_split",
-        "val_split", "optimizer", "label_smoothing", "aux_weight")
 
 
 def variant_model(variant: str, base: str, scales: tuple) -> tuple[str, dict]:
@@ -70,19 +71,6 @@ def variant_model(variant: str, base: str, scales: tuple) -> tuple[str, dict]:
     if variant.startswith("refine_n"):
         return "recurrent_refinement", {"base": base, "passes": int(variant.removeprefix("refine_n"))}
     raise ValueError(f"unknown variant {variant!r}")
-
-
-DEFAULT_DATA = "../shared/data/camvid"
-
-
-def find_camvid(path: str) -> Path | None:
-    """``path`` relative to the working directory, else to the repository root; for the default path also
-    ``shared/data/camvid`` inside the repository (the layout of a copied working tree)."""
-    extra = [ROOT / "shared" / "data" / "camvid"] if path == DEFAULT_DATA else []
-    for cand in (Path(path), ROOT / path, *extra):
-        if (cand / "train.txt").is_file() and (cand / "val").is_dir():
-            return cand.resolve()
-    return None
 
 
 def make_config(args, variant: str, data_root: Path) -> TrainConfig:
@@ -101,14 +89,6 @@ def make_config(args, variant: str, data_root: Path) -> TrainConfig:
     cfg = load_config(args.config, overrides)
     cfg.model_kwargs = {**model_kwargs, **overrides.get("model_kwargs", {})}  # not merged into the file's kwargs
     return cfg
-
-
-def score(trainer, metrics: dict) -> dict:
-    names = trainer.spec.names
-    n_val = len(trainer.val_set)
-    return {"miou": metrics["mIoU"], "aacc": metrics["aAcc"], "macc": metrics["mAcc"],
-            "iou": dict(zip(names, metrics["IoU"])), "val_images": n_val, "eval_seconds": metrics.get("eval_s"),
-            "eval_img_s": round(n_val / metrics["eval_s"], 2) if metrics.get("eval_s") else None}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -167,7 +147,7 @@ def main(argv=None):
             rows.append({**row, "skipped": f"model {cfg.model!r} is not registered in attnseg.models"})
             print(f"[{variant}] skipped: {rows[-1]['skipped']}", file=sys.stderr, flush=True)
             continue
-        settings = {k: v for k, v in config_to_dict(cfg).items() if k in KEYS}
+        settings = {k: v for k, v in config_to_dict(cfg).items() if k in CAMVID_KEYS}
         r = run_or_reuse(cfg, settings, score, variant, args.prune)
         rows.append({**row, **r})
         print(f"[{variant}] val mIoU {pct(r['miou'])}, aAcc {pct(r['aacc'])}, {r['iters']} iters, "
@@ -176,7 +156,7 @@ def main(argv=None):
     budget = ({"time_budget_min": args.time_budget} if args.time_budget is not None else {"iters": args.iters})
     doc = {"benchmark": "scale_camvid", "data": str(data_root), "split": "val", "budget": budget,
            "settings": {k: v for k, v in config_to_dict(first).items()
-                        if k in KEYS and k not in ("model", "model_kwargs", "seed")} | {
+                        if k in CAMVID_KEYS and k not in ("model", "model_kwargs", "seed")} | {
                "config": args.config, "base": args.base, "scales": list(args.scales), "workers": first.workers,
                "device": args.device, "seed": args.seed, "overrides": args.set, "run_root": args.run_root},
            "inference": "whole image, input resized by test_scale (default base_scale), logits resized to the "

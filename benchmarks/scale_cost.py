@@ -34,12 +34,7 @@ Ratios are taken against the single-scale base of the same run; the target is <=
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_synthetic import machine_info  # noqa: E402
+from common import Meter, machine_info, rss_peak_bytes, run_child  # noqa: E402
 
 from attnseg.engine.precision import Precision, resolve_device  # noqa: E402
 from attnseg.losses import segmentation_loss  # noqa: E402
@@ -66,32 +61,6 @@ MEMORY_METHOD = {
 }
 
 
-def rss_peak_bytes() -> int:
-    """The process's peak resident set size so far: ``VmHWM`` of /proc/self/status where there is one (Linux), else
-    ru_maxrss (KiB on Linux, bytes on macOS). Not ru_maxrss first: a child process's ru_maxrss starts at its
-    parent's RSS at the fork, which the clear_refs reset does not lower, so a smaller peak would read as 0."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def reset_rss_peak() -> bool:
-    """Lower the peak-RSS counter to the current RSS (Linux >= 4.0); False where that is not possible."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def build(base: str, fusion: str, num_classes: int, scales: tuple) -> torch.nn.Module:
     if fusion == "single":
         return create_model(base, num_classes)
@@ -100,45 +69,6 @@ def build(base: str, fusion: str, num_classes: int, scales: tuple) -> torch.nn.M
         fusion, kwargs["head_channels"] = "attention", int(fusion[len("attention_h"):])
     return create_model("attention_to_scale", num_classes, base=base, fusion=fusion, scales=scales,
                         extra_supervision=True, **kwargs)
-
-
-class Meter:
-    """Wall time of a callable and the memory it adds, per device."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.peak_reset = False
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def start_memory(self) -> int:
-        """Resets the peak counter where possible and returns the reference to measure the increase from."""
-        if self.cuda:
-            self.sync()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return torch.cuda.memory_allocated(self.device)
-        self.peak_reset = reset_rss_peak()
-        return rss_peak_bytes()
-
-    def peak_increase(self, start: int) -> int:
-        if self.cuda:
-            self.sync()
-            return torch.cuda.max_memory_allocated(self.device) - start
-        return rss_peak_bytes() - start
-
-    def median_seconds(self, fn, warmup: int, repeats: int) -> tuple[float, list[float]]:
-        times = []
-        for i in range(warmup + repeats):
-            self.sync()
-            t = time.perf_counter()
-            fn()
-            self.sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-        return statistics.median(times), times
 
 
 def measure(args, base: str, fusion: str) -> dict:
@@ -196,16 +126,6 @@ def child_argv(args, base: str, fusion: str) -> list[str]:
     if not args.channels_last:
         argv.append("--no-channels-last")
     return argv
-
-
-def run_child(argv: list[str]) -> dict:
-    """Run a measuring child process (``argv``) with the repository on its path; its last stdout line is the JSON
-    row, or the row is ``{"error": ...}`` when it failed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=env)
-    if proc.returncode != 0:
-        return {"error": f"the measuring process exited with {proc.returncode} (its stderr is above)"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_config(args, base: str, fusion: str) -> dict:

@@ -43,149 +43,43 @@ Prints one JSON document on stdout (``--out`` also writes it); progress and a ma
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attnseg.engine.checkpoint import atomic_write_text  # noqa: E402
+from common import (  # noqa: E402  (the helpers shared by the benchmark scripts)
+    BUCKET_DEFINITION,
+    FUSION_VARIANTS,
+    RESUME_KEYS,
+    SIZE_BUCKETS,
+    bucket_index,
+    emit,
+    machine_info,
+    parse_size,
+    parse_sweep_args,
+    pct,
+    run_or_reuse,
+    set_threads,
+)
+from common import scale_variant_model as variant_model  # noqa: E402
+
 from attnseg.engine.config import TrainConfig, config_to_dict, load_config  # noqa: E402
-from attnseg.engine.distributed import cleanup  # noqa: E402
 from attnseg.engine.inference import infer  # noqa: E402
-from attnseg.engine.trainer import Trainer  # noqa: E402
 from attnseg.metrics import ConfusionMatrix  # noqa: E402
 from attnseg.metrics.segmentation import metrics_from_confusion  # noqa: E402
 
-FUSION_VARIANTS = {f"{fusion}{suffix}": (fusion, suffix == "_esupv")
-                   for fusion in ("avg", "max", "attention") for suffix in ("", "_esupv")}
 VARIANTS = ("single", *FUSION_VARIANTS)
-SIZE_BUCKETS = {"small": (0.0, 8.0), "medium": (8.0, 16.0), "large": (16.0, math.inf)}
-BUCKET_DEFINITION = (
-    "instance radius r in px of the generated image (SyntheticScenes.instances): small r < 8, medium 8 <= r < 16, "
-    "large r >= 16. Per bucket: confusion matrix over the pixels of that bucket's visible instances plus all "
-    "background pixels (other buckets' instance pixels ignored); mIoU over the classes present in that ground "
-    "truth; object_acc = correct / all object pixels of the bucket.")
-RESULT_FILE = "bench_result.json"
-# settings that must match for a run directory to be reused or resumed
-RESUME_KEYS = ("model", "model_kwargs", "data", "crop", "scale_range", "batch_size", "iters", "time_budget", "lr",
-               "weight_decay", "warmup_iters", "seed", "precision", "class_weights", "class_weight_power")
-
-
-# --------------------------------------------------------------------------------------------------- shared
-
-def jsonable(value):
-    """Plain JSON: NaN and infinities -> None, tuples -> lists, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def emit(doc: dict, out: str | None) -> None:
-    text = json.dumps(jsonable(doc), indent=1)
-    print(text)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
-
-
-def machine_info(device: str) -> dict:
-    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
-    if device != "cpu" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def check_resumable(cfg: TrainConfig) -> None:
-    """Refuse to resume a run directory that was started with other settings."""
-    path = Path(cfg.run_dir) / "config.yaml"
-    if not path.is_file():
-        return
-    old = yaml.safe_load(path.read_text()) or {}
-    new = config_to_dict(cfg)
-    diff = [k for k in RESUME_KEYS if jsonable(old.get(k)) != jsonable(new.get(k))]
-    if diff:
-        raise SystemExit(f"{cfg.run_dir} holds a run with other settings ({', '.join(diff)}: "
-                         f"{[old.get(k) for k in diff]} vs {[new.get(k) for k in diff]}); use another --run-root "
-                         "or delete that directory")
-
-
-def run_or_reuse(cfg: TrainConfig, settings: dict, score, label: str, prune: bool = False) -> dict:
-    """Train ``cfg`` with the engine (resuming an interrupted run) and return ``score(trainer, metrics)`` plus
-    timings, or the stored result of a finished run with the same ``settings``.
-
-    The result is stored in ``run_dir/bench_result.json``. ``train_seconds`` is the engine's training-step time
-    (validation and set-up excluded, summed over resumes); ``wall_seconds`` the wall time of this call.
-    """
-    run_dir = Path(cfg.run_dir)
-    settings = jsonable(settings)
-    path = run_dir / RESULT_FILE
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("settings") == settings:
-            print(f"[{label}] reusing the finished run in {run_dir}", file=sys.stderr, flush=True)
-            return {**stored["result"], "reused": True}
-        raise SystemExit(f"{path} was written with other settings; use another --run-root or delete {run_dir}")
-    check_resumable(cfg)
-    print(f"[{label}] training {cfg.model} {cfg.model_kwargs or ''} in {run_dir}", file=sys.stderr, flush=True)
-    t0 = time.time()
-    with contextlib.redirect_stdout(sys.stderr):  # the engine's messages; stdout carries only the JSON
-        trainer = Trainer(cfg, command=f"{Path(sys.argv[0]).name} [{label}]")
-        try:
-            metrics = trainer.fit()
-        finally:
-            cleanup()
-        if not metrics:
-            raise SystemExit(f"[{label}] training was stopped (SIGTERM); rerun the same command to resume")
-        result = score(trainer, metrics)
-    steps = trainer.step
-    result.update({"iters": steps, "train_seconds": round(trainer.elapsed, 1),
-                   "wall_seconds": round(time.time() - t0, 1),
-                   "train_img_s": round(steps * cfg.batch_size / max(trainer.elapsed, 1e-9), 2),
-                   "num_params": trainer.num_params, "precision": trainer.prec.name,
-                   "device": str(trainer.prec.device)})
-    atomic_write_text(path, json.dumps(jsonable({"settings": settings, "result": result}), indent=1))
-    if prune:  # the final weights (model.safetensors) stay
-        for name in ("last.pt", "best.safetensors"):
-            (run_dir / "checkpoints" / name).unlink(missing_ok=True)
-    print(f"[{label}] done: {trainer.elapsed:.0f} s training, {time.time() - t0:.0f} s wall", file=sys.stderr,
-          flush=True)
-    return {**result, "reused": False}
-
-
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.1f}"
 
 
 # ---------------------------------------------------------------------------------------- size buckets
-
-def bucket_index(radius: float) -> int:
-    for j, (lo, hi) in enumerate(SIZE_BUCKETS.values()):
-        if lo <= radius < hi:
-            return j
-    raise ValueError(f"radius {radius} falls in no bucket")
 
 
 def bucket_metrics(mat: np.ndarray, names: list[str]) -> dict:
@@ -241,13 +135,6 @@ def size_bucket_eval(model, dataset, infer_cfg, prec) -> dict:
 
 # ------------------------------------------------------------------------------------------------ sweep
 
-def variant_model(variant: str, base: str, scales: tuple) -> tuple[str, dict]:
-    if variant == "single":
-        return base, {}
-    fusion, esupv = FUSION_VARIANTS[variant]
-    return "attention_to_scale", {"base": base, "scales": list(scales), "fusion": fusion,
-                                  "extra_supervision": esupv}
-
 
 def make_config(args, variant: str, seed: int) -> TrainConfig:
     model, model_kwargs = variant_model(variant, args.base, args.scales)
@@ -297,26 +184,6 @@ def markdown(summary: dict) -> str:
             cells.append(f"{pct(row[k]['mean'])} ({per})" if len(row[k]["per_seed"]) > 1 else pct(row[k]["mean"]))
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {row['train_seconds']['mean']:.0f} |")
     return "\n".join(lines)
-
-
-def parse_sweep_args(p: argparse.ArgumentParser, argv, run_root: str, variants) -> argparse.Namespace:
-    """The options every sweep shares (run root, pruning, progress bar, JSON file), then parse and check
-    ``--variants`` against ``variants``."""
-    p.add_argument("--run-root", default=run_root)
-    p.add_argument("--prune", action="store_true", help="delete last.pt and best.safetensors of finished runs")
-    p.add_argument("--progress", action="store_true", help="the engine's tqdm bar")
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    args = p.parse_args(argv)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in variants]
-    if unknown:
-        p.error(f"unknown variants {unknown}; choose from {', '.join(variants)}")
-    return args
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
 
 
 def parse_args(argv=None):

@@ -1,6 +1,6 @@
 """Where does a trained attention-to-scale model look? The mean scale weight w^s over the pixels of each region
 of the validation images the run was evaluated on: on synthetic scenes the regions are the objects of each size
-bucket (small r < 8 px, medium 8-16, large >= 16; ``scale_synthetic.SIZE_BUCKETS``) and the background; on any
+bucket (small r < 8 px, medium 8-16, large >= 16; ``common.SIZE_BUCKETS``) and the background; on any
 other dataset (CamVid) they are the ground-truth classes.
 
     python benchmarks/scale_weights.py runs/bench/scale_synthetic/attention_esupv/seed0 [--out FILE]
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_synthetic import SIZE_BUCKETS, bucket_index, emit  # noqa: E402
+from common import SIZE_BUCKETS, bucket_index, emit  # noqa: E402
 
 from attnseg.data import build_dataset  # noqa: E402
 from attnseg.data.transforms import eval_transforms  # noqa: E402

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention_blocks import allocated_peak_bytes  # noqa: E402
-from scale_synthetic import emit, machine_info, parse_size, set_threads  # noqa: E402
+from common import emit, machine_info, parse_size, set_threads  # noqa: E402
 
 from attnseg.nn.segaware_conv import segaware_conv2d  # noqa: E402
 

@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_synthetic import emit, machine_info, parse_size, set_threads  # noqa: E402
+from common import emit, machine_info, parse_size, set_threads  # noqa: E402
 
 from attnseg.data.flow_synthetic import FlowSceneConfig, FlowScenes, stack_items  # noqa: E402
 from attnseg.flow import bilateral_embedding, bilateral_flow_filter, segaware_flow_filter  # noqa: E402

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_synthetic import emit, machine_info, pct, run_or_reuse, set_threads  # noqa: E402
+from common import emit, machine_info, pct, run_or_reuse, set_threads  # noqa: E402
 
 from attnseg.data import build_dataset  # noqa: E402
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms  # noqa: E402

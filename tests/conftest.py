@@ -35,3 +35,27 @@ def write_camvid(root: Path, n: int, size=(8, 8), label_fn=None, splits=("train"
             label = np.zeros(size, np.uint8) if label_fn is None else label_fn(split, i)
             Image.fromarray(label).save(root / f"{split}annot" / f"s{i}.png")
     return root
+
+
+def tiny_checkpoint(folder: Path, model: str = "fcn8s_resnet18", num_classes: int = 3, model_kwargs=None,
+                    inference=None, seed: int = 0, metrics=None) -> Path:
+    """A run directory holding ``checkpoints/model.safetensors`` of a randomly initialised model, with the
+    metadata a training run writes (classes, preprocessing, inference, config); returns the run directory."""
+    from attnseg.data.labels import LabelSpec
+    from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from attnseg.engine.checkpoint import save_weights
+    from attnseg.models import create_model
+    torch.manual_seed(seed)
+    kwargs = dict(model_kwargs or {})
+    net = create_model(model, num_classes=num_classes, **kwargs).eval()
+    spec = LabelSpec([f"class{i}" for i in range(num_classes)])
+    infer = {"mode": "whole", "crop": None, "stride": None, "scales": [1.0], "flip": False, "test_scale": 1.0}
+    infer.update(inference or {})
+    meta = {"model": model, "model_kwargs": kwargs, "classes": spec.to_dict(),
+            "preprocessing": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "base_scale": 1.0,
+                              "test_scale": infer["test_scale"]},
+            "inference": infer, "config": {"model": model, "data": "synthetic:", "crop": [32, 48]},
+            "num_params": sum(p.numel() for p in net.parameters()), "command": "tests", "step": 0,
+            "metrics": metrics or {"mIoU": 0.5, "aAcc": 0.75}}
+    save_weights(Path(folder) / "checkpoints" / "model.safetensors", net, meta)
+    return Path(folder)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn.amp import no_autocast
+
 
 class ChannelAttention(nn.Module):
     """``forward(x (B, C, H, W), return_attention=False)`` -> y [, {"channel": (B, C, C)}] (rows sum to 1)."""
@@ -32,7 +34,7 @@ class ChannelAttention(nn.Module):
     @staticmethod
     def attention(x: torch.Tensor, return_maps: bool = False):
         B, C, H, W = x.shape
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with no_autocast(x.device.type):
             f = x.flatten(2).to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # (B, C, HW)
             e = f @ f.transpose(1, 2)                                                        # (B, C, C)
             a = torch.softmax(e.amax(-1, keepdim=True) - e, dim=-1)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn.amp import no_autocast
+
 
 def criss_cross_memory_bytes(batch: int, height: int, width: int, recurrence: int = 2, sub_sample: bool = False,
                              bytes_per_element: int = 4, training: bool = True) -> int:
@@ -89,7 +91,7 @@ class CrissCrossAttention(nn.Module):
     def attention(self, x: torch.Tensor, return_maps: bool = False):
         """One criss-cross aggregation without gamma and residual: (B, C, H, W) -> (B, C, H, W) [, A]."""
         q, k, v = self.query(x), self.pool(self.key(x)), self.pool(self.value(x))
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with no_autocast(x.device.type):
             dt = torch.float64 if x.dtype == torch.float64 else torch.float32
             y, a = criss_cross(q.to(dt), k.to(dt), v.to(dt), self.sub_sample)
         y = y.to(x.dtype)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn.amp import no_autocast
 from .channel_attention import ChannelAttention
 from .nonlocal_block import attention_memory_bytes
 
@@ -66,7 +67,7 @@ class PositionAttention(nn.Module):
         q = self.query(x).flatten(2).transpose(1, 2)          # (B, HW, C/8)
         k = self.pool(self.key(x)).flatten(2)                 # (B, C/8, hw)
         v = self.pool(self.value(x)).flatten(2)               # (B, C, hw)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with no_autocast(x.device.type):
             dt = torch.float64 if x.dtype == torch.float64 else torch.float32
             s = torch.softmax(q.to(dt) @ k.to(dt), dim=-1)    # (B, HW, hw)  Eq. 1
             y = (v.to(dt) @ s.transpose(1, 2)).reshape(B, C, H, W).to(x.dtype)  # (B, C, HW) -> (B, C, H, W)

@@ -32,16 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.amp import no_autocast
+from ..nn.tracing import is_exporting
+
 CHUNK_BYTES = 8 * 2**20  # CPU: energies of this many bytes at a time, so that they stay in the last-level cache
 
 
-def _slice_attention(f: torch.Tensor, p: torch.Tensor, chunk: int, keep_maps: bool):
-    """Channel attention of every slice against its image's prior, ``chunk`` slices at a time.
+def _slice_attention(f: torch.Tensor, p: torch.Tensor, chunk: int | None, keep_maps: bool):
+    """Channel attention of every slice against its image's prior, ``chunk`` slices at a time (None: all at once).
 
     f (B, S, C, L) slices, p (B, L, C) priors -> out (B, S, C, L), maps (B, S, C, C) or None.
     Per slice: E = f_s @ p (C, C) (Eq. energies), A = softmax over the last dim, out_s = A @ f_s."""
     outs, maps = [], []
-    for fc in f.split(chunk, dim=1):    # (B, k, C, L); the backward of split is one cat (that of slicing would
+    chunks = f.split(chunk, dim=1) if chunk is not None else (f,)
+    for fc in chunks:                   # (B, k, C, L); the backward of split is one cat (that of slicing would
         #                                 zero-fill a full-size gradient for every chunk)
         a = torch.softmax(fc @ p[:, None], dim=-1)             # (B, k, C, L) @ (B, 1, L, C) = (B, k, C, C)
         outs.append(a @ fc)                                    # (B, k, C, C) @ (B, k, C, L) = (B, k, C, L)
@@ -63,8 +67,10 @@ def fla_attention(x: torch.Tensor, proj_h: nn.Linear, proj_w: nn.Linear, return_
     dt = xf.dtype
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES if x.device.type == "cpu" else 2**62
-    chunk = max(1, chunk_bytes // (B * C * C * xf.element_size()))
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    # exported (symbolic sizes): all slices at once; a chunk count that depends on the size cannot be traced, and
+    # the slices are independent, so the result is the same
+    chunk = None if is_exporting() else max(1, chunk_bytes // (B * C * C * xf.element_size()))
+    with no_autocast(x.device.type):
         ph = F.linear(xf.mean(3).transpose(1, 2), proj_h.weight.to(dt), proj_h.bias.to(dt))  # (B, H, C) rows
         pw = F.linear(xf.mean(2).transpose(1, 2), proj_w.weight.to(dt), proj_w.bias.to(dt))  # (B, W, C) cols
         fh = xf.permute(0, 3, 1, 2).contiguous()                                # (B, W, C, H) column slices

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn.amp import no_autocast
+
 
 def attention_memory_bytes(batch: int, height: int, width: int, sub_sample: bool = False,
                            bytes_per_element: int = 4, training: bool = True) -> int:
@@ -61,7 +63,7 @@ class NonLocalBlock(nn.Module):
         q = self.theta(x).flatten(2).transpose(1, 2)          # (B, HW, C')
         k = self.pool(self.phi(x)).flatten(2)                 # (B, C', hw)
         v = self.pool(self.g(x)).flatten(2).transpose(1, 2)   # (B, hw, Cv)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with no_autocast(x.device.type):
             dt = torch.float64 if x.dtype == torch.float64 else torch.float32
             a = torch.softmax(q.to(dt) @ k.to(dt), dim=-1)    # (B, HW, hw)
             y = (a @ v.to(dt)).transpose(1, 2).reshape(B, -1, H, W).to(x.dtype)  # (B, Cv, H, W)

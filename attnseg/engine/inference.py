@@ -44,9 +44,12 @@ class InferenceConfig:
         return tuple(max(1, (2 * c) // 3) for c in self.crop)
 
 
-def _forward(model, x, autocast):
+def _forward(model, x, autocast, return_attention: bool = False):
     with autocast:
-        return model(x)["logits"].float()
+        if not return_attention:
+            return model(x)["logits"].float()
+        out = model(x, return_attention=True)
+    return out["logits"].float(), out.get("attention") or {}
 
 
 def slide_logits(model, x: torch.Tensor, crop, stride, num_classes: int, autocast, window_batch: int = 4):
@@ -88,18 +91,24 @@ def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
 
 @torch.no_grad()
 def infer(model, images: torch.Tensor, cfg: InferenceConfig, num_classes: int, autocast=None,
-          channels_last: bool = False) -> torch.Tensor:
+          channels_last: bool = False, return_attention: bool = False):
     """(B, 3, H, W) normalised images -> (B, K, H, W) scores at input resolution (probabilities when several
-    scales/flips are averaged, logits otherwise)."""
+    scales/flips are averaged, logits otherwise).
+
+    With ``return_attention`` returns ``(scores, attention)``: the attention maps of the whole-image pass at scale
+    ``test_scale`` without flip (the view the maps are drawn for; the same forward that gives its logits), or None
+    where no such pass runs (sliding windows, or TTA scales without 1)."""
     autocast = autocast or contextlib.nullcontext()
     H, W = images.shape[-2:]
-    views = [(s * cfg.test_scale, f) for s in cfg.scales for f in ((False, True) if cfg.flip else (False,))]
-    total = None
-    for scale, flip in views:
-        x = rescale(images.flip(-1) if flip else images, scale)
+    views = [(s, f) for s in cfg.scales for f in ((False, True) if cfg.flip else (False,))]
+    total, attention = None, None
+    for s, flip in views:
+        x = rescale(images.flip(-1) if flip else images, s * cfg.test_scale)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if cfg.mode == "whole":
+        if cfg.mode == "whole" and return_attention and (s, flip) == (1.0, False):
+            logits, attention = _forward(model, x, autocast, return_attention=True)
+        elif cfg.mode == "whole":
             logits = _forward(model, x, autocast)
         elif cfg.mode == "slide":
             if cfg.crop is None:
@@ -113,10 +122,10 @@ def infer(model, images: torch.Tensor, cfg: InferenceConfig, num_classes: int, a
         if flip:
             logits = logits.flip(-1)
         if len(views) == 1:
-            return logits
+            return (logits, attention) if return_attention else logits
         probs = logits.softmax(1)
         total = probs if total is None else total + probs
-    return total / len(views)
+    return (total / len(views), attention) if return_attention else total / len(views)
 
 
 # the estimate counts tensors only (no allocator slack, library scratch or interpreter): measured 0.67-1.0x of the

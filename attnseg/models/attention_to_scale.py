@@ -52,6 +52,8 @@ Shapes for a 360x480 input and the FCN-8s ResNet-18 base, S = 3:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,7 +102,9 @@ def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
     if scale == 1:
         return images
     H, W = images.shape[-2:]
-    size = (max(1, int(H * scale + 0.5)), max(1, int(W * scale + 0.5)))
+    # math.floor, not int(): the same number for these positive sizes, but a symbolic size stays symbolic under
+    # torch.export (int() would fix the exported graph to the example's size)
+    size = (torch.sym_max(1, math.floor(H * scale + 0.5)), torch.sym_max(1, math.floor(W * scale + 0.5)))
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
 
 

@@ -60,8 +60,8 @@ def interpolation_matrix(index: torch.Tensor, n: int, mode: str = "bilinear") ->
     """(len(index), n) weights that read a length-n signal at fractional indices ``index`` (clamped to [0, n − 1],
     the border value beyond, as ``F.interpolate``): linear between the two neighbours, or the nearest entry."""
     index = index.clamp(0, n - 1)
-    rows = torch.arange(len(index), device=index.device)
-    mat = index.new_zeros(len(index), n)
+    rows = torch.arange(index.shape[0], device=index.device)
+    mat = index.new_zeros(index.shape[0], n)
     if mode == "nearest":
         mat[rows, index.round().long()] = 1.0
         return mat

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.tracing import is_exporting
+from ..nn.unpool import MaxUnpool2d
 from ..nn.vgg import load_vgg16_pretrained, scaled, vgg16_bn_deconvnet
 from .base import SegmentationModel
 
@@ -51,10 +53,11 @@ def pad_to(images: torch.Tensor, min_size: int, multiple: int, mode: str = "cons
     """Centre-pad (B, C, H, W) to a multiple of ``multiple`` that is at least ``min_size``; returns the padded
     batch and the (top, left) of the original."""
     H, W = images.shape[-2:]
-    Ht = max(min_size, -(-H // multiple) * multiple)
-    Wt = max(min_size, -(-W // multiple) * multiple)
+    # torch.sym_max: Python's max on a symbolic size would fix an exported graph to one side of min_size
+    Ht = torch.sym_max(min_size, -(-H // multiple) * multiple)
+    Wt = torch.sym_max(min_size, -(-W // multiple) * multiple)
     top, left = (Ht - H) // 2, (Wt - W) // 2
-    if (Ht, Wt) == (H, W):
+    if not is_exporting() and (Ht, Wt) == (H, W):   # exported: always pad (by 0 where it fits, the same result)
         return images, (0, 0)
     if mode == "reflect" and (top >= H or Ht - H - top >= H or left >= W or Wt - W - left >= W):
         raise ValueError(f"reflect padding of a {H}x{W} input to {Ht}x{Wt} is impossible (the padding exceeds the "
@@ -89,7 +92,7 @@ class DeconvNet(SegmentationModel):
             load_vgg16_pretrained(self.encoder, pretrained)
         c_fc, c5 = self.encoder.fc_channels, self.encoder.out_channels["pool5"]
         self.fc6_deconv = deconv_bn_relu(c_fc, c5, kernel_size=7, padding=0)  # (B, 512, h5, w5)
-        self.unpool = nn.MaxUnpool2d(2, 2)
+        self.unpool = MaxUnpool2d(2, 2)   # a scatter into zeros: nn.MaxUnpool2d's numbers, and it exports
         cin = c5
         for stage, channels in DECODER_CFG.items():
             layers = []

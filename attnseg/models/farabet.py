@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.amp import no_autocast
 from .base import Grid, SegmentationModel
 
 # BT.601 RGB -> YUV (rows: Y, U, V)
@@ -326,7 +327,7 @@ class FarabetMultiScale(SegmentationModel):
     def preprocess(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> ``levels`` maps (B, C, ceil(H/2^s), ceil(W/2^s)): YUV, pyramid, LCN. Runs in at least
         float32 even under autocast (cheap, and the local variances need the precision)."""
-        with torch.autocast(images.device.type, enabled=False):
+        with no_autocast(images.device.type):
             x = images if images.dtype == torch.float64 else images.float()
             if self.yuv:
                 x = torch.cat([rgb_to_yuv(x[:, :3]), x[:, 3:]], 1) if x.shape[1] > 3 else rgb_to_yuv(x)

@@ -43,6 +43,12 @@ from ..nn.segaware_crf import SegAwareCRF
 from .base import SegmentationModel
 
 
+def _size_key(size) -> tuple:
+    """A cache key of a (h, w) size: the ints, or, for the symbolic sizes of an export trace (unhashable), their
+    expressions."""
+    return tuple(n if isinstance(n, int) else str(n) for n in size)
+
+
 class EmbeddingContext:
     """The embedding of the current forward pass, shared by every segmentation-aware layer of one network.
     ``distances(size, k, d)`` caches the window distances of the embedding resized to ``size`` (B, k², h, w).
@@ -59,22 +65,23 @@ class EmbeddingContext:
 
     def resized(self, size) -> torch.Tensor:
         size = tuple(size)
-        if ("e", size) not in self._cache:
+        key = ("e", _size_key(size))
+        if key not in self._cache:
             e = self.e
             if tuple(e.shape[-2:]) != size:  # feature i at input pixel stride·i: corner-aligned, as Caffe's Interp
                 e = F.interpolate(e, size=size, mode="bilinear", align_corners=True)   # (B, D, h, w)
-            self._cache[("e", size)] = e
-        return self._cache[("e", size)]
+            self._cache[key] = e
+        return self._cache[key]
 
     def distances(self, size, kernel_size: int, dilation: int) -> torch.Tensor:
-        key = (tuple(size), kernel_size, dilation)
+        key = (_size_key(size), kernel_size, dilation)
         if key not in self._cache:
             self._cache[key] = window_distances(self.resized(size), kernel_size, dilation, self.distance)
         return self._cache[key]                                                     # (B, k², h, w)
 
     def inside(self, size, kernel_size: int, dilation: int) -> torch.Tensor:
         """(1, k², h, w) bool: the window's tap lies inside the (h, w) grid."""
-        key = ("inside", tuple(size), kernel_size, dilation)
+        key = ("inside", _size_key(size), kernel_size, dilation)
         if key not in self._cache:
             self._cache[key] = inside(*size, kernel_size, dilation, self.e.device)
         return self._cache[key]

@@ -55,7 +55,8 @@ def cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 def no_autocast(device_type: str):
-    """A context with autocast disabled on ``device_type`` (a no-op where autocast does not exist)."""
-    if torch.amp.is_autocast_available(device_type):
+    """A context with autocast disabled on ``device_type``; a no-op where autocast does not exist or is off
+    already (then nothing changes, and an export trace gets no autocast region wrapped around the code)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .amp import at_least_fp32, no_autocast
+from .tracing import is_exporting
 
 
 def window_offsets(kernel_size: int, dilation: int = 1) -> list[tuple[int, int]]:
@@ -55,9 +56,15 @@ def shifted(x: torch.Tensor, dy: int, dx: int, fill: float = 0) -> torch.Tensor:
 
 
 def inside(height: int, width: int, kernel_size: int, dilation: int = 1, device=None) -> torch.Tensor:
-    """(1, k², H, W) bool: the window tap lies inside the image."""
-    ones = torch.ones(1, 1, height, width, device=device)
-    return torch.cat([shifted(ones, dy, dx) for dy, dx in window_offsets(kernel_size, dilation)], 1) > 0
+    """(1, k², H, W) bool: the window tap lies inside the image (0 <= i + dy < H and 0 <= j + dx < W), from one
+    row test and one column test per tap offset (few ops, also with the symbolic sizes of an export trace)."""
+    r = dilation * (kernel_size // 2)
+    o = torch.arange(-r, r + 1, dilation, device=device)                 # (k,) offsets along one axis
+    ty = torch.arange(height, device=device)[None] + o[:, None]          # (k, H): the tap's row
+    tx = torch.arange(width, device=device)[None] + o[:, None]           # (k, W): its column
+    in_y, in_x = (ty >= 0) & (ty < height), (tx >= 0) & (tx < width)
+    both = in_y[:, None, :, None] & in_x[None, :, None, :]               # (k, k, H, W): tap (ky, kx), raster order
+    return both.reshape(1, kernel_size * kernel_size, height, width)
 
 
 def overlap(n: int, o: int) -> tuple[slice, slice]:
@@ -129,7 +136,34 @@ def window_distances(e: torch.Tensor, kernel_size: int, dilation: int = 1, dista
     under autocast; a bf16 / fp16 embedding is cast first and gets its gradient in its own dtype)."""
     if distance not in ("l1", "l2"):
         raise ValueError(f"distance must be 'l1' or 'l2' (½ squared L2), not {distance!r}")
-    return _WindowDistances.apply(e.to(at_least_fp32(e.dtype)), kernel_size, dilation, distance)
+    e = e.to(at_least_fp32(e.dtype))
+    if is_exporting():   # plain ops, no Python slice bounds from the (symbolic) size; the same numbers
+        with no_autocast(e.device.type):
+            return window_distances_plain(e, kernel_size, dilation, distance)
+    return _WindowDistances.apply(e, kernel_size, dilation, distance)
+
+
+def window_distances_plain(e: torch.Tensor, kernel_size: int, dilation: int = 1, distance: str = "l1") -> torch.Tensor:
+    """``_WindowDistances``'s forward written with shape-agnostic ops, for export: the neighbours of the taps before
+    the centre are views of one zero-padded copy, the taps whose neighbour is outside are set to 0 by the ``inside``
+    mask, and the mirror taps are views of the zero-padded result (d_{-o}(i) = d_o(i − o)). Same
+    (B, D, H, W) -> (B, k², H, W) result, in e's dtype; a few ops per tap (export time grows with their number)."""
+    H, W = e.shape[-2:]
+    offsets = window_offsets(kernel_size, dilation)
+    half = len(offsets) // 2
+    p = dilation * (kernel_size // 2)
+    el = e.permute(0, 2, 3, 1).contiguous()                              # (B, H, W, D), as the Function
+    elp = F.pad(el, (0, 0, p, p, p, p))                                  # (B, H + 2p, W + 2p, D)
+    ins = inside(H, W, kernel_size, dilation, e.device)[0, :half].unbind(0)   # half x (H, W)
+    first = []
+    for (dy, dx), keep in zip(offsets[:half], ins):                       # the taps before the centre
+        diff = el - elp.narrow(1, p + dy, H).narrow(2, p + dx, W)         # (B, H, W, D): pixel minus neighbour
+        dt = diff.abs().sum(-1) if distance == "l1" else 0.5 * diff.square().sum(-1)   # (B, H, W)
+        first.append(torch.where(keep, dt, 0.0))                         # 0 where the neighbour is outside
+    dp = F.pad(torch.stack(first, 1), (p, p, p, p)).unbind(1)             # half x (B, H + 2p, W + 2p)
+    mirror = [dp[t].narrow(1, p - dy, H).narrow(2, p - dx, W)            # d_{-o}(i) = d_o(i - o), 0 outside
+              for t, (dy, dx) in enumerate(offsets[:half])]
+    return torch.stack(first + [e.new_zeros(e.shape[0], H, W)] + mirror[::-1], 1)   # (B, k², H, W)
 
 
 class LocalAttentionMask(nn.Module):

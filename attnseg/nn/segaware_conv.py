@@ -28,6 +28,7 @@ from torch import nn
 
 from .amp import at_least_fp32, cast, lower_precision_dtype, no_autocast
 from .local_attention_mask import overlap, window_offsets
+from .tracing import is_exporting
 
 
 class _SegAwareConv(torch.autograd.Function):
@@ -113,7 +114,33 @@ def segaware_conv2d(x: torch.Tensor, m: torch.Tensor, weight: torch.Tensor, bias
         raise ValueError(f"mask of shape {tuple(m.shape)} does not fit a {kh}x{kw} window over input "
                          f"{tuple(x.shape)}: expected {(x.shape[0], kh * kw, *x.shape[-2:])}")
     dt = lower_precision_dtype(x, m, weight, bias)
-    return _SegAwareConv.apply(cast(x, dt), cast(m, dt), cast(weight, dt), cast(bias, dt), dilation, normalize, eps)
+    args = (cast(x, dt), cast(m, dt), cast(weight, dt), cast(bias, dt), dilation, normalize, eps)
+    if is_exporting():   # plain ops, no Python slice bounds from the (symbolic) size; the same numbers
+        with no_autocast(x.device.type):
+            return segaware_conv2d_plain(*args)
+    return _SegAwareConv.apply(*args)
+
+
+def segaware_conv2d_plain(x: torch.Tensor, m: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          dilation: int = 1, normalize: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """``_SegAwareConv``'s forward with shape-agnostic ops, for export: tap t's 1x1 convolution W_t is applied to
+    the view of one zero-padded copy of x that the tap reads (x_{i+o}, zeros outside, where W_t gives 0 as the
+    Function's "leave it out" does), times the mask, summed in the same order. Same inputs (one dtype) and
+    (B, O, H, W) result as the Function."""
+    O, C, kh, kw = weight.shape
+    H, W = x.shape[-2:]
+    p = dilation * (kh // 2)
+    acc = at_least_fp32(x.dtype)
+    xp = F.pad(x, (p, p, p, p))                                          # (B, C, H + 2p, W + 2p)
+    y = x.new_zeros(x.shape[0], O, H, W, dtype=acc)
+    taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, O, C, 1, 1).unbind(0)   # k² x (O, C, 1, 1), raster order
+    for (dy, dx), wt, mt in zip(window_offsets(kh, dilation), taps, m.split(1, 1)):
+        z = F.conv2d(xp.narrow(2, p + dy, H).narrow(3, p + dx, W), wt)   # (B, O, H, W): W_t x_{i+o}
+        y = torch.addcmul(y, z, mt)                                      # times m_t(i) (B, 1, H, W)
+    if normalize:
+        y = y / (m.sum(1, keepdim=True, dtype=acc) + eps)                # (B, 1, H, W)
+    y = y.to(x.dtype)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 class SegAwareConv2d(nn.Conv2d):

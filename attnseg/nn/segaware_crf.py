@@ -93,7 +93,7 @@ class SegAwareCRF(nn.Module):
     def _forward(self, unary: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         if self.scale != 1.0:
             size = unary.shape[-2:]
-            small = [max(1, round(n * self.scale)) for n in size]
+            small = [torch.sym_max(1, round(n * self.scale)) for n in size]   # sym_max: sizes stay symbolic in export
             u = F.interpolate(unary, size=small, mode="bilinear", align_corners=False, antialias=self.scale < 1)
             es = F.interpolate(e, size=small, mode="bilinear", align_corners=False, antialias=self.scale < 1)
             pairwise = self.mean_field(u, es) - u                                       # -K M on the small grid

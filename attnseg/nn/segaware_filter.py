@@ -22,6 +22,21 @@ import torch.nn.functional as F
 
 from .amp import at_least_fp32, common_dtype, no_autocast
 from .local_attention_mask import inside, window_distances, window_offsets
+from .tracing import is_exporting
+
+
+def filter_forward(x: torch.Tensor, m: torch.Tensor, kernel_size: int, dilation: int, eps: float):
+    """Eq. 4 on inputs of one dtype: (y (B, C, H, W), s (B, 1, H, W)) with y = z / s. The forward of
+    ``_SegAwareFilter`` and, called directly, the export path (views of one padded copy: no size-dependent
+    Python)."""
+    H, W = x.shape[-2:]
+    p = dilation * (kernel_size // 2)
+    xp = F.pad(x, (p, p, p, p))                                          # (B, C, H + 2p, W + 2p), zeros outside
+    z = torch.zeros_like(x)
+    for (dy, dx), mt in zip(window_offsets(kernel_size, dilation), m.split(1, 1)):    # (few ops per tap: export)
+        z.addcmul_(xp.narrow(2, p + dy, H).narrow(3, p + dx, W), mt)    # a view times the mask (B, 1, H, W)
+    s = m.sum(1, keepdim=True) + eps                                     # (B, 1, H, W)
+    return z / s, s
 
 
 class _SegAwareFilter(torch.autograd.Function):
@@ -36,14 +51,7 @@ class _SegAwareFilter(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, x, m, kernel_size, dilation, eps):
-        H, W = x.shape[-2:]
-        p = dilation * (kernel_size // 2)
-        xp = F.pad(x, (p, p, p, p))                                      # (B, C, H + 2p, W + 2p), zeros outside
-        z = torch.zeros_like(x)
-        for t, (dy, dx) in enumerate(window_offsets(kernel_size, dilation)):
-            z.addcmul_(xp[:, :, p + dy:p + dy + H, p + dx:p + dx + W], m[:, t:t + 1])   # a view times the mask
-        s = m.sum(1, keepdim=True) + eps                                 # (B, 1, H, W)
-        y = z / s
+        y, s = filter_forward(x, m, kernel_size, dilation, eps)
         ctx.save_for_backward(x, m, y, s)
         ctx.window = (kernel_size, dilation)
         return y
@@ -82,6 +90,9 @@ def segaware_filter(x: torch.Tensor, m: torch.Tensor, kernel_size: int, dilation
         raise ValueError(f"mask of shape {tuple(m.shape)} does not fit a {kernel_size}x{kernel_size} window over "
                          f"input {tuple(x.shape)}: expected {(B, len(offsets), H, W)}")
     dt = at_least_fp32(common_dtype(x, m))
+    if is_exporting():   # the Function's forward as plain ops (its backward is of no use in an exported graph)
+        with no_autocast(x.device.type):
+            return filter_forward(x.to(dt), m.to(dt), kernel_size, dilation, eps)[0].to(x.dtype)
     return _SegAwareFilter.apply(x.to(dt), m.to(dt), kernel_size, dilation, eps).to(x.dtype)
 
 

@@ -47,6 +47,8 @@ PREDICT_CASES = [  # (extra arguments, words the message must hold)
     (["--attention", "--query", "5"], ["--query takes Y,X"]),
     (["--device", "tpu"], ["tpu", "cpu"]),
     (["--precision", "fp8"], ["fp8", "auto, fp32"]),
+    (["--backend", "onnx"], ["--backend onnx runs an .onnx file", "not "]),
+    (["--backend", "tensorrt"], ["--backend", "torch", "onnx"]),
 ]
 
 
@@ -136,3 +138,15 @@ def test_an_image_too_big_for_the_memory_limit(run_cli, run, tmp_path):
     res = run_cli("predict", run, src, "--out", tmp_path / "out", "--max-memory", "0.5")
     assert res.rc == 0 and "using sliding windows instead (slide(crop=(512, 512)" in res.out
     assert read_label(tmp_path / "out" / "big_ids.png").shape == (1200, 1600)
+
+
+def test_an_onnx_file_given_as_a_torch_checkpoint(run_cli, tmp_path):
+    src = image(tmp_path / "in.png")
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"not onnx")
+    expect_bad(run_cli("predict", fake, src, "--out", tmp_path / "out", "--backend", "torch"),
+               "--backend torch runs a run directory or checkpoint", "model.onnx")
+    expect_bad(run_cli("predict", fake, src, "--out", tmp_path / "out", "--attention"),
+               "--attention needs the PyTorch checkpoint")
+    expect_bad(run_cli("predict", tmp_path / "missing.onnx", src, "--out", tmp_path / "out"),
+               "missing.onnx does not exist", "attnseg export")
