@@ -27,7 +27,6 @@ Model options (``--set key=value`` on the command line, ``**kwargs`` here) go to
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 from functools import partial
@@ -87,25 +86,6 @@ def parse_options(pairs: list[str] | None) -> dict:
 
 
 # -- running on meta -------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def meta_safe_autocast():
-    """``torch.autocast(device_type="meta", ...)`` (what the attention blocks open around their fp32 math, with the
-    input's device type) raises; inside this context it is a no-op on devices without autocast, unchanged
-    elsewhere. Not thread-safe: it swaps ``torch.autocast`` for the duration."""
-    original = torch.autocast
-
-    def autocast(device_type=None, *args, **kwargs):
-        if device_type is not None and not torch.amp.is_autocast_available(device_type):
-            return contextlib.nullcontext()
-        return original(device_type, *args, **kwargs)
-
-    torch.autocast = autocast
-    try:
-        yield
-    finally:
-        torch.autocast = original
-
-
 def build(name: str, num_classes: int, device: str = "meta", **kwargs) -> torch.nn.Module:
     """The registered model ``name`` in eval mode on ``device`` (initial-weight files dropped)."""
     from .models import create_model
@@ -137,7 +117,7 @@ def _count(model: torch.nn.Module, x: torch.Tensor):
     calls, handles = _block_calls(model)
     counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), meta_safe_autocast(), counter:
+        with torch.no_grad(), counter:
             model(x)
     finally:
         for h in handles:
@@ -214,8 +194,7 @@ def model_info(name: str, size=DEFAULT_SIZE, num_classes: int = 21, batch: int =
     model = build(name, num_classes, "meta", **kwargs)
     try:
         flops, by_module, calls = _count(model, torch.empty(shape, device="meta"))
-        with meta_safe_autocast():
-            memory = estimate_inference_bytes(model, shape, meta_model=model)
+        memory = estimate_inference_bytes(model, shape, meta_model=model)
     except (NotImplementedError, RuntimeError, TypeError, ValueError) as e:  # an operator that reads values
         device, fallback = "cpu", f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
         torch.manual_seed(0)
