@@ -8,6 +8,7 @@ from .boundary import (
     boundary_mask,
     fscore_from_counts,
 )
+from .instance import InstanceMetrics, image_metrics
 from .report import format_table, render_table, save_metrics
 from .segmentation import ConfusionMatrix, confusion_counts, metrics_from_confusion
 
@@ -15,12 +16,14 @@ __all__ = [
     "BoundaryConfusion",
     "BoundaryFScore",
     "ConfusionMatrix",
+    "InstanceMetrics",
     "boundary_band",
     "boundary_fscore",
     "boundary_mask",
     "confusion_counts",
     "format_table",
     "fscore_from_counts",
+    "image_metrics",
     "metrics_from_confusion",
     "render_table",
     "save_metrics",

@@ -1,0 +1,148 @@
+"""Instance metrics: a case computed by hand, and random maps against a brute-force implementation written from
+the definitions (boolean masks, explicit loops, explicit one-to-one matching)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from attnseg.metrics.instance import DSB_THRESHOLDS, InstanceMetrics, image_metrics, overlaps
+
+
+def brute(pred, gt) -> dict:
+    P = [pred == i for i in np.unique(pred) if i]
+    G = [gt == i for i in np.unique(gt) if i]
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    def iou(a, b):
+        return (a & b).sum() / (a | b).sum()
+
+    def bd(A, B):
+        return sum(max(dice(a, b) for b in B) for a in A) / len(A) if A and B else 0.0
+
+    out = {"DiC": len(P) - len(G), "|DiC|": abs(len(P) - len(G))}
+    if not P and not G:
+        return {**out, "SBD": 1.0, "fgDice": 1.0, "DSB": 1.0, "PQ": 1.0}
+    out["SBD"] = min(bd(P, G), bd(G, P))
+    out["fgDice"] = dice(pred > 0, gt > 0)
+    if G:
+        best = [max((iou(g, p) for p in P), default=0.0) for g in G]
+        total = sum(g.sum() for g in G)
+        out["MWCov"] = sum(g.sum() / total * b for g, b in zip(G, best))
+        out["MUCov"] = sum(best) / len(G)
+        out["AvgFN"] = sum(b < 0.5 for b in best) / len(G)
+    if P:
+        out["AvgFP"] = sum(max((iou(p, g) for g in G), default=0.0) < 0.5 for p in P) / len(P)
+    scores = []
+    for t in DSB_THRESHOLDS:
+        used, tp = set(), 0
+        for p in P:  # greedy one-to-one matching
+            for j, g in enumerate(G):
+                if j not in used and iou(p, g) > t:
+                    used.add(j)
+                    tp += 1
+                    break
+        scores.append(tp / (len(P) + len(G) - tp))
+    out["DSB"] = float(np.mean(scores))
+    pairs = [(iou(p, g)) for p in P for g in G if iou(p, g) > 0.5]
+    out["PQ"] = sum(pairs) / (len(pairs) + 0.5 * (len(P) - len(pairs)) + 0.5 * (len(G) - len(pairs)))
+    return out
+
+
+def test_a_case_computed_by_hand():
+    gt = np.zeros((4, 6), int)
+    gt[:, :3] = 1          # 12 px
+    gt[:, 3:] = 2          # 12 px
+    pred = np.zeros((4, 6), int)
+    pred[:, :3] = 5        # exactly GT 1
+    pred[:2, 3:] = 7       # top half of GT 2: 6 px
+    m = image_metrics(pred, gt)
+    # Dice: (5,1) = 1, (7,2) = 2*6/18 = 2/3; BD(P,G) = BD(G,P) = (1 + 2/3)/2 = 5/6
+    assert m["SBD"] == pytest.approx(5 / 6)
+    assert (m["DiC"], m["|DiC|"]) == (0, 0)
+    assert m["fgDice"] == pytest.approx(2 * 18 / (18 + 24))
+    # IoU: 1 and 6/12 = 0.5 -> MWCov = 0.5*1 + 0.5*0.5, MUCov the same (equal sizes)
+    assert m["MWCov"] == pytest.approx(0.75) and m["MUCov"] == pytest.approx(0.75)
+    assert m["AvgFP"] == 0 and m["AvgFN"] == 0            # IoU 0.5 matches (>= 0.5)
+    # DSB: the pair of IoU 1 is a TP at every threshold; IoU 0.5 at none (> t): 1 / (1 + 1 + 1) each
+    assert m["DSB"] == pytest.approx(1 / 3)
+    # PQ: one match (IoU 1 > 0.5), one FP, one FN: 1 / (1 + 0.5 + 0.5)
+    assert m["PQ"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_maps_match_the_brute_force_definitions(seed):
+    rng = np.random.default_rng(seed)
+    H, W = 24, 32
+    gt = np.zeros((H, W), int)
+    for k in range(1, rng.integers(0, 7) + 1):                  # rectangles painted over each other
+        y, x = rng.integers(0, H - 4), rng.integers(0, W - 4)
+        gt[y:y + rng.integers(3, 12), x:x + rng.integers(3, 14)] = k * 3
+    pred = gt.copy()
+    pred[rng.random((H, W)) < 0.15] = 0
+    shift = rng.integers(-2, 3)
+    pred = np.roll(pred, shift, axis=1)
+    if seed % 3 == 0:
+        pred[rng.integers(0, H - 5):, :5] = 99                   # a spurious instance
+    m, ref = image_metrics(pred, gt), brute(pred, gt)
+    for key, value in ref.items():
+        assert m[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_empty_images_and_one_sided_ones():
+    empty = np.zeros((5, 5), int)
+    one = empty.copy()
+    one[1:3, 1:3] = 4
+    m = image_metrics(empty, empty)
+    assert (m["SBD"], m["DSB"], m["PQ"], m["fgDice"]) == (1.0, 1.0, 1.0, 1.0) and math.isnan(m["MWCov"])
+    m = image_metrics(empty, one)
+    assert (m["SBD"], m["DSB"], m["DiC"], m["MUCov"], m["AvgFN"]) == (0.0, 0.0, -1, 0.0, 1.0)
+    m = image_metrics(one, empty)
+    assert (m["SBD"], m["DSB"], m["DiC"], m["AvgFP"]) == (0.0, 0.0, 1, 1.0) and math.isnan(m["MWCov"])
+
+
+def test_overlap_table_and_dataset_means():
+    gt = np.array([[1, 1, 2], [0, 2, 2]])
+    pred = np.array([[3, 0, 3], [3, 3, 3]])
+    inter, ps, gs = overlaps(pred, gt)
+    assert inter.tolist() == [[1, 3]] and ps.tolist() == [5] and gs.tolist() == [2, 3]
+    acc = InstanceMetrics()
+    a = acc.update(pred, gt, "a")
+    b = acc.update(np.zeros((2, 3), int), np.zeros((2, 3), int), "b")
+    out = acc.compute()
+    assert out["images"] == 2 and out["SBD"] == pytest.approx((a["SBD"] + b["SBD"]) / 2)
+    assert out["MWCov"] == pytest.approx(a["MWCov"])             # NaN of the empty image skipped
+    assert out["|DiC|"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("pred, gt, needle", [
+    (np.zeros((2, 2)), np.zeros((2, 2), int), "integer ids"),
+    (np.zeros((2, 2), int), np.zeros((3, 2), int), "they must match"),
+    (np.full((2, 2), -1), np.zeros((2, 2), int), "must be >= 0"),
+    (np.zeros((2, 2, 2), int), np.zeros((2, 2), int), "must be (H, W)"),
+])
+def test_bad_maps_are_named(pred, gt, needle):
+    with pytest.raises(ValueError) as e:
+        image_metrics(pred, gt)
+    assert needle in str(e.value)
+
+
+def test_coco_mask_ap_perfect_partial_and_ranked():
+    pytest.importorskip("pycocotools")
+    from attnseg.metrics.instance import coco_mask_ap
+    gt = np.zeros((20, 20), int)
+    gt[2:8, 2:8], gt[10:18, 10:18] = 1, 2
+    assert coco_mask_ap([(gt, {}, gt)]) == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0})
+    half = gt.copy()
+    half[10:18, 14:18] = 0                     # instance 2 at IoU 0.5: a TP at 0.50 only
+    out = coco_mask_ap([(half, {}, gt)])
+    assert out["AP50"] == pytest.approx(1.0) and out["AP75"] < 0.6 and out["AP"] < out["AP50"]
+    spurious = gt.copy()
+    spurious[0:2, 15:20] = 9
+    # a false positive ranked below both TPs costs nothing at any recall; ranked first it lowers the precision
+    assert coco_mask_ap([(spurious, {1: 0.9, 2: 0.8, 9: 0.1}, gt)])["AP"] == pytest.approx(1.0)
+    assert coco_mask_ap([(spurious, {1: 0.5, 2: 0.4, 9: 0.9}, gt)])["AP"] < 0.9
+    assert coco_mask_ap([(np.zeros_like(gt), {}, gt)])["AP"] == 0.0
+    assert coco_mask_ap([(gt, {}, np.zeros_like(gt))])["AP"] == -1.0
