@@ -1,0 +1,107 @@
+"""Instance segmentation targets: one form from the reader to the loss, the metric and the picture.
+
+An image's instances are an **instance id map** (H, W) of integers: 0 is background, every other value one
+instance (ids need not be contiguous). Where a dataset has classes, ``classes`` maps each id to its class
+(default: every instance is class 1, "object"). ``to_torchvision`` gives torchvision's detection form
+(``boxes`` (N, 4) xyxy float, ``labels`` (N,), ``masks`` (N, H, W) bool; DESIGN.md), ``from_masks`` the way back
+(overlapping masks: the higher score wins a pixel, as a painter would draw them in score order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .io import DataError, why_unreadable
+
+
+def read_instance_map(path: str | Path) -> np.ndarray:
+    """An instance id map from a 16-bit greyscale PNG (DSB2018), an 8-bit or palette PNG (CVPPP: the index is the
+    id) -> (H, W) int32. RGB maps are refused: their colours are not ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"instance map {path} does not exist; check the dataset root and split list")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA"):
+                raise DataError(f"instance map {path} is a colour ({im.mode}) image; instance maps hold one id per "
+                                "pixel (16-bit grey, 8-bit grey or palette PNG)")
+            return np.asarray(im).astype(np.int32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"instance map {path} {why_unreadable(path, e)}: re-copy it from the original dataset") from e
+
+
+def instance_ids(ids: np.ndarray) -> np.ndarray:
+    """The instance ids present in a map, increasing, background excluded."""
+    present = np.unique(np.asarray(ids))
+    return present[present != 0]
+
+
+def to_torchvision(ids: np.ndarray, classes: dict | None = None) -> dict:
+    """(H, W) id map -> {"ids" (N,), "boxes" (N, 4) float32 x0, y0, x1, y1 (x1, y1 exclusive, torchvision's
+    convention for masks), "labels" (N,) int64, "masks" (N, H, W) bool}, instances in increasing id order."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"an instance map must be (H, W), got shape {ids.shape}")
+    keys = instance_ids(ids)
+    masks = ids[None] == keys[:, None, None] if len(keys) else np.zeros((0, *ids.shape), bool)
+    boxes = np.zeros((len(keys), 4), np.float32)
+    for n, m in enumerate(masks):
+        ys, xs = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+        boxes[n] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    labels = np.array([int((classes or {}).get(int(k), 1)) for k in keys], np.int64)
+    return {"ids": keys.astype(np.int64), "boxes": boxes, "labels": labels, "masks": masks}
+
+
+def from_masks(masks: np.ndarray, scores=None, threshold: float = 0.5) -> np.ndarray:
+    """(N, H, W) masks (bool, or probabilities thresholded at ``threshold``) -> (H, W) int32 id map with ids 1..N in
+    the masks' order; where masks overlap, the higher score wins (ties: the later mask)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    if masks.dtype != bool:
+        masks = masks > threshold
+    n = len(masks)
+    scores = np.ones(n) if scores is None else np.asarray(scores, np.float64)
+    if scores.shape != (n,):
+        raise ValueError(f"{n} masks but {scores.shape} scores; give one score per mask")
+    out = np.zeros(masks.shape[1:], np.int32)
+    for k in np.argsort(scores, kind="stable"):        # lowest score first: the highest is painted last
+        out[masks[k]] = k + 1
+    return out
+
+
+class InstanceDataset:
+    """Images with instance id maps. ``load(i)`` -> ((H, W, 3) uint8 image, (H, W) int32 id map);
+    ``dataset[i]`` -> {"image": (3, H, W) float tensor normalised by ``transform`` (default ImageNet statistics),
+    "instances": (H, W) int64 tensor, "name": str}. ``samples``: (name, image path, instance map path)."""
+
+    task = "instances"
+
+    def __init__(self, samples: list[tuple[str, Path, Path]], name: str = "instances", transform=None):
+        if not samples:
+            raise DataError(f"{name}: the split holds no images")
+        self.samples, self.name, self.transform = samples, name, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        from .io import read_image
+        stem, image_path, label_path = self.samples[i]
+        image, ids = read_image(image_path), read_instance_map(label_path)
+        if image.shape[:2] != ids.shape:
+            raise DataError(f"{self.name}: image {image_path} is {image.shape[1]}x{image.shape[0]} but its instance "
+                            f"map {label_path} is {ids.shape[1]}x{ids.shape[0]}; they must match")
+        return image, ids
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        from .transforms import Normalize
+        image, ids = self.load(i)
+        x, _ = (self.transform or Normalize())(image, None, None)
+        return {"image": x, "instances": torch.from_numpy(ids.astype(np.int64)), "name": self.samples[i][0]}
