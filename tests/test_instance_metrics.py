@@ -146,3 +146,29 @@ def test_coco_mask_ap_perfect_partial_and_ranked():
     assert coco_mask_ap([(spurious, {1: 0.5, 2: 0.4, 9: 0.9}, gt)])["AP"] < 0.9
     assert coco_mask_ap([(np.zeros_like(gt), {}, gt)])["AP"] == 0.0
     assert coco_mask_ap([(gt, {}, np.zeros_like(gt))])["AP"] == -1.0
+
+
+def test_instance_table_json_and_per_image_csv(tmp_path):
+    import csv
+    import json
+
+    from attnseg.metrics.report import format_instance_table, save_instance_metrics
+    gt = np.zeros((4, 6), int)
+    gt[:, :3], gt[:, 3:] = 1, 2
+    pred = np.zeros((4, 6), int)
+    pred[:, :3], pred[:2, 3:] = 5, 7
+    acc = InstanceMetrics()
+    acc.update(pred, gt, "img_a")
+    acc.update(np.zeros((4, 6), int), np.zeros((4, 6), int), "img_b")
+    summary = acc.compute()
+    text = format_instance_table(summary)
+    assert "2 images" in text and "SBD" in text and "91.67" in text      # (5/6 + 1) / 2
+    assert "75.0" in text and "nan" not in text                        # MWCov: the empty image's NaN skipped
+    assert "|  -  |" in format_instance_table({"images": 0, "SBD": float("nan")})
+    out = save_instance_metrics(tmp_path / "m", summary, acc.rows, extra={"data": "x"})
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["task"] == "instances" and record["SBD"] == pytest.approx(11 / 12) and record["data"] == "x"
+    rows = list(csv.reader((out / "per_image.csv").open()))
+    assert rows[0][:3] == ["image", "n_pred", "n_gt"] and [r[0] for r in rows[1:]] == ["img_a", "img_b"]
+    sbd = rows[0].index("SBD")
+    assert float(rows[1][sbd]) == pytest.approx(5 / 6) and rows[2][rows[0].index("MWCov")] == ""

@@ -206,3 +206,37 @@ def _check_class_count(metrics: dict, class_names: Sequence[str]) -> None:
         if len(metrics[key]) != len(class_names):
             raise ValueError(
                 f"metrics[{key!r}] has {len(metrics[key])} entries but {len(class_names)} class names were given")
+
+
+#: the instance table's columns: (key, header, percent?)
+INSTANCE_COLUMNS = (("SBD", "SBD", True), ("|DiC|", "|DiC|", False), ("DiC", "DiC", False),
+                    ("fgDice", "fgDice", True), ("DSB", "DSB", True), ("PQ", "PQ", True), ("AP", "AP", True),
+                    ("AP50", "AP50", True), ("AP75", "AP75", True), ("MWCov", "MWCov", True),
+                    ("MUCov", "MUCov", True), ("AvgFP", "AvgFP", False), ("AvgFN", "AvgFN", False))
+
+
+def format_instance_table(summary: dict) -> str:
+    """The dataset means of ``attnseg.metrics.instance`` as one box (scores in %, counts and rates as numbers;
+    columns absent from ``summary`` are left out, NaN shows as -)."""
+    def cell(key, pct):
+        v = summary.get(key)
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "-"
+        return _percent(v) if pct else f"{v:.3f}"
+    cols = [(head, [cell(key, pct)]) for key, head, pct in INSTANCE_COLUMNS if key in summary]
+    return f"instance metrics ({summary.get('images', '?')} images):\n" + render_table(cols)
+
+
+def save_instance_metrics(out_dir: str | Path, summary: dict, rows: list[dict], extra: dict | None = None) -> Path:
+    """Writes ``metrics.json`` (the means and ``extra``) and ``per_image.csv`` (one row per image: its name, counts
+    and every per-image metric) atomically into ``out_dir``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = _jsonable({"task": "instances", **summary, **(extra or {})})
+    _atomic_write(out / "metrics.json", lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
+    keys = ["image", "n_pred", "n_gt"] + [k for k, _, _ in INSTANCE_COLUMNS if rows and k in rows[0]]
+    table = [keys] + [["" if r.get(k) is None or (isinstance(r.get(k), float) and not math.isfinite(r[k]))
+                       else (f"{r[k]:.6g}" if isinstance(r.get(k), float) else str(r.get(k))) for k in keys]
+                      for r in rows]
+    _atomic_write(out / "per_image.csv", lambda f: f.write(_csv_text(table).encode()))
+    return out
