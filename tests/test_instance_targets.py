@@ -107,3 +107,34 @@ def test_dsb2018_real_data_when_present():
     n = len(instance_ids(ids))
     assert image.dtype == np.uint8 and ids.shape == image.shape[:2] and 1 <= n <= 375
     assert instance_ids(ids).tolist() == list(range(1, n + 1))       # ids 1..N, contiguous (SOURCE.md)
+
+
+def test_instance_folder_reader(tmp_path):
+    import json
+
+    from attnseg.data import instance_folder
+    root = tmp_path / "f"
+    (root / "images").mkdir(parents=True)
+    (root / "instances").mkdir()
+    for stem in ("x", "y"):
+        Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "images" / f"{stem}.png")
+        lab = np.zeros((6, 6), np.uint16)
+        lab[1:3, 1:3] = 1000
+        Image.fromarray(lab).save(root / "instances" / f"{stem}.png")
+    (root / "classes.txt").write_text("cell\nspot\n")
+    (root / "instance_classes").mkdir()
+    (root / "instance_classes" / "x.json").write_text(json.dumps({"1000": 1}))
+    ds = instance_folder.build(root)
+    assert len(ds) == 2 and ds.classes == ["cell", "spot"] and ds.load(0)[1].max() == 1000
+    assert ds.instance_classes(0) == {1000: 1} and ds.instance_classes(1) == {}
+    (root / "instance_classes" / "y.json").write_text(json.dumps({"1000": 5}))
+    with pytest.raises(DataError, match="class index 5 is outside the 2 classes"):
+        ds.instance_classes(1)
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("y\nz\n")
+    with pytest.raises(DataError, match=r"z \(image\)"):
+        instance_folder.build(root, "val")
+    with pytest.raises(DataError, match="needs .*train.txt"):
+        instance_folder.build(root, "train")
+    with pytest.raises(DataError, match="nothing/images is missing; ROOT holds images/ and instances/"):
+        instance_folder.build(tmp_path / "nothing")

@@ -1,0 +1,73 @@
+"""A generic instance dataset: a folder of images and 16-bit instance PNGs (the zero-code path for a user's data).
+
+    ROOT/images/<name>.<png|jpg|webp|...>
+    ROOT/instances/<name>.png         instance ids (16-bit or 8-bit grey, or palette), 0 = background
+    ROOT/splits/<split>.txt           optional: one name per line; without it, split "all" takes every image
+    ROOT/classes.txt                  optional: class names, one per line (default: one class, "object")
+    ROOT/instance_classes/<name>.json optional: {"<instance id>": <class index>} per image (default: class 0)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .instances import InstanceDataset
+from .io import IMAGE_EXTS, DataError, duplicate_entries_message, find_with_ext
+
+
+class InstanceFolder(InstanceDataset):
+    def __init__(self, samples, classes: list[str], root: Path, name: str, transform=None):
+        super().__init__(samples, name=name, transform=transform)
+        self.classes, self.root = classes, root
+
+    def instance_classes(self, i: int) -> dict[int, int]:
+        """{instance id: class index} of image i (every instance class 0 where the image has no json)."""
+        stem = self.samples[i][0]
+        path = self.root / "instance_classes" / f"{stem}.json"
+        if not path.is_file():
+            return {}
+        try:
+            raw = json.loads(path.read_text())
+            out = {int(k): int(v) for k, v in raw.items()}
+        except (ValueError, AttributeError, TypeError):
+            raise DataError(f"{path} must be a JSON object {{\"<instance id>\": <class index>}}") from None
+        bad = [v for v in out.values() if not 0 <= v < len(self.classes)]
+        if bad:
+            raise DataError(f"{path}: class index {bad[0]} is outside the {len(self.classes)} classes of "
+                            f"{self.root / 'classes.txt'}")
+        return out
+
+
+def build(root, split: str = "all", transform=None) -> InstanceFolder:
+    root = Path(root)
+    for sub in ("images", "instances"):
+        if not (root / sub).is_dir():
+            raise DataError(f"instances: {root / sub} is missing; ROOT holds images/ and instances/ (16-bit PNGs)")
+    classes_file = root / "classes.txt"
+    classes = [c.strip() for c in classes_file.read_text().splitlines() if c.strip()] if classes_file.is_file() \
+        else ["object"]
+    if split == "all":
+        names = sorted(p.stem for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    else:
+        listing = root / "splits" / f"{split}.txt"
+        if not listing.is_file():
+            raise DataError(f"instances: split {split!r} needs {listing} (one image name per line); without split "
+                            "lists use split 'all'")
+        lines = [(n, s.strip()) for n, s in enumerate(listing.read_text().splitlines(), 1) if s.strip()]
+        dup = duplicate_entries_message(listing, lines)
+        if dup:
+            raise DataError(dup)
+        names = [s for _, s in lines]
+    samples, missing = [], []
+    for stem in names:
+        image = find_with_ext(root / "images" / stem)
+        label = root / "instances" / f"{stem}.png"
+        if image is None or not label.is_file():
+            missing.append(f"{stem} ({'image' if image is None else 'instances/' + stem + '.png'})")
+        else:
+            samples.append((stem, image, label))
+    if missing:
+        raise DataError(f"instances: {len(missing)} image(s) lack their files: {', '.join(missing[:5])}"
+                        f"{' ...' if len(missing) > 5 else ''}")
+    return InstanceFolder(samples, classes, root, name=f"instances [{split}]", transform=transform)
