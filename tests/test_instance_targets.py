@@ -138,3 +138,39 @@ def test_instance_folder_reader(tmp_path):
         instance_folder.build(root, "train")
     with pytest.raises(DataError, match="nothing/images is missing; ROOT holds images/ and instances/"):
         instance_folder.build(tmp_path / "nothing")
+
+
+def test_coco_reader_polygons_rle_crowd(tmp_path):
+    pytest.importorskip("pycocotools")
+    import json
+
+    from pycocotools import mask as mask_util
+
+    from attnseg.data import coco_instances
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    crowd = np.zeros((10, 12), np.uint8)
+    crowd[8:10, :] = 1
+    rle = mask_util.encode(np.asfortranarray(crowd))
+    rle["counts"] = rle["counts"].decode()
+    ann = {"images": [{"id": 7, "file_name": "a.png", "height": 10, "width": 12}],
+           "categories": [{"id": 3, "name": "cat"}, {"id": 1, "name": "dog"}],
+           "annotations": [
+               {"id": 1, "image_id": 7, "category_id": 3, "iscrowd": 0, "area": 16,
+                "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]], "bbox": [1, 1, 4, 4]},
+               {"id": 2, "image_id": 7, "category_id": 1, "iscrowd": 0, "area": 9,
+                "segmentation": [[4, 4, 8, 4, 8, 7, 4, 7]], "bbox": [4, 4, 4, 3]},
+               {"id": 3, "image_id": 7, "category_id": 1, "iscrowd": 1, "area": 24, "segmentation": rle,
+                "bbox": [0, 8, 12, 2]}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    ds = coco_instances.build(f"{tmp_path / 'ann.json'},{tmp_path / 'img'}")
+    image, ids = ds.load(0)
+    assert image.shape == (10, 12, 3) and instance_ids(ids).tolist() == [1, 2]
+    assert ids[2, 2] == 1 and ids[5, 5] == 2                            # the overlap goes to the later annotation
+    assert ds.classes == ["dog", "cat"] and ds.instance_classes(0) == {1: 1, 2: 0}
+    assert ds.ignore_mask(0)[9].all() and not ds.ignore_mask(0)[0].any() and (ids[8:] == 0).all()
+    with pytest.raises(DataError, match="ANNOTATIONS.json,IMAGE_DIR"):
+        coco_instances.build(str(tmp_path / "ann.json"))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not a COCO annotation file"):
+        coco_instances.build(f"{tmp_path / 'bad.json'},{tmp_path / 'img'}")

@@ -1,0 +1,99 @@
+"""COCO instance annotations (a COCO json and its image folder) through pycocotools, as instance id maps.
+
+``coco:ANNOTATIONS.json,IMAGE_DIR``: each image's annotations (polygons or RLE) become one id map, instances
+numbered 1..N in annotation order (a pixel claimed by two annotations goes to the later one); ``instance_classes(i)``
+maps each id to its class index (the categories in id order, ``classes``); crowd annotations are not instances:
+``ignore_mask(i)`` gives their pixels, for a loss or a metric to leave out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .instances import InstanceDataset
+from .io import DataError, read_image
+
+
+class CocoInstances(InstanceDataset):
+    def __init__(self, coco, image_ids, image_dir: Path, name: str, transform=None):
+        samples = [(coco.imgs[i]["file_name"], image_dir / coco.imgs[i]["file_name"], None) for i in image_ids]
+        super().__init__(samples, name=name, transform=transform)
+        self.coco, self.image_ids = coco, list(image_ids)
+        cats = sorted(coco.cats)
+        self.classes = [coco.cats[c]["name"] for c in cats]
+        self.class_index = {c: k for k, c in enumerate(cats)}
+
+    def _annotations(self, i: int):
+        return self.coco.loadAnns(self.coco.getAnnIds(imgIds=[self.image_ids[i]]))
+
+    def _masks(self, i: int):
+        info = self.coco.imgs[self.image_ids[i]]
+        H, W = info["height"], info["width"]
+        for ann in self._annotations(i):
+            try:
+                m = self.coco.annToMask(ann).astype(bool)
+            except (TypeError, ValueError, KeyError, IndexError) as e:
+                raise DataError(f"{self.name}: annotation {ann.get('id')} of {info['file_name']} has an unreadable "
+                                f"segmentation ({type(e).__name__}); fix or remove it") from None
+            if m.shape != (H, W):
+                raise DataError(f"{self.name}: annotation {ann.get('id')} is {m.shape} but {info['file_name']} is "
+                                f"{(H, W)}")
+            yield ann, m
+
+    def instance_map(self, i: int) -> np.ndarray:
+        info = self.coco.imgs[self.image_ids[i]]
+        ids = np.zeros((info["height"], info["width"]), np.int32)
+        n = 0
+        for ann, m in self._masks(i):
+            if not ann.get("iscrowd", 0):
+                n += 1
+                ids[m] = n
+        return ids
+
+    def instance_classes(self, i: int) -> dict[int, int]:
+        anns = [a for a in self._annotations(i) if not a.get("iscrowd", 0)]
+        return {k: self.class_index[a["category_id"]] for k, a in enumerate(anns, start=1)}
+
+    def ignore_mask(self, i: int) -> np.ndarray:
+        info = self.coco.imgs[self.image_ids[i]]
+        out = np.zeros((info["height"], info["width"]), bool)
+        for ann, m in self._masks(i):
+            if ann.get("iscrowd", 0):
+                out |= m
+        return out
+
+    def load(self, i: int):
+        image, ids = read_image(self.samples[i][1]), self.instance_map(i)
+        if image.shape[:2] != ids.shape:
+            raise DataError(f"{self.name}: {self.samples[i][1]} is {image.shape[1]}x{image.shape[0]} but its "
+                            f"annotations say {ids.shape[1]}x{ids.shape[0]}")
+        return image, ids
+
+
+def build(root: str, split: str = "all", transform=None) -> CocoInstances:
+    """``root`` = ``ANNOTATIONS.json,IMAGE_DIR`` (the split is the json's: ``split`` is only a name)."""
+    import contextlib
+    import io
+    ann, _, image_dir = str(root).partition(",")
+    if not image_dir:
+        raise DataError(f"coco takes ANNOTATIONS.json,IMAGE_DIR, not {root!r}")
+    ann_path, image_dir = Path(ann), Path(image_dir)
+    if not ann_path.is_file():
+        raise DataError(f"coco: annotation file {ann_path} does not exist")
+    if not image_dir.is_dir():
+        raise DataError(f"coco: image folder {image_dir} does not exist")
+    try:
+        from pycocotools.coco import COCO
+    except ImportError:
+        raise DataError("coco annotations need pycocotools: pip install -e '.[instances]'") from None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(ann_path))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:  # pycocotools asserts the top-level dict
+        raise DataError(f"coco: {ann_path} is not a COCO annotation file ({type(e).__name__}: {e})") from None
+    ids = sorted(coco.imgs)
+    if not ids:
+        raise DataError(f"coco: {ann_path} lists no images")
+    return CocoInstances(coco, ids, image_dir, name=f"coco [{split}]", transform=transform)
