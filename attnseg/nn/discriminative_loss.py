@@ -2,8 +2,9 @@
 different instances apart, keep the means near the origin.
 
 De Brabandere, Neven, Van Gool, "Semantic Instance Segmentation with a Discriminative Loss Function", CVPR
-Workshops 2017, https://arxiv.org/abs/1708.02551. The paper's Eq. 1 is followed (no official code was located for this module;
-public re-implementations differ in how they weight the pull term). For one image with C instances, pixel embeddings x_i and instance means μ_c (Eq. 1):
+Workshops 2017, https://arxiv.org/abs/1708.02551. The paper's Eq. 1 is followed (no official code was located
+for this module; public re-implementations differ in how they weight the pull term). For one image with C
+instances, pixel embeddings x_i and instance means μ_c (Eq. 1):
 
     L_var  = 1/C Σ_c 1/N_c Σ_{i∈c} [‖μ_c − x_i‖ − δ_v]_+²              pull (δ_v = 0.5)
     L_dist = 1/(C(C−1)) Σ_{cA≠cB} [2δ_d − ‖μ_cA − μ_cB‖]_+²           push (δ_d = 1.5)
