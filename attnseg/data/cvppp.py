@@ -18,8 +18,8 @@ import csv
 import re
 from pathlib import Path
 
-from .instances import InstanceDataset, instance_ids, read_instance_map
-from .io import DataError, duplicate_entries_message
+from .instances import InstanceDataset, instance_ids, read_instance_map, read_split_names
+from .io import DataError
 
 PLANT = re.compile(r"^(plant\d+)_rgb\.png$")
 
@@ -79,7 +79,7 @@ def build(root, split: str = "all", transform=None) -> CVPPP:
     for sub in subsets:
         csv_path = sub / f"{sub.name}.csv"
         sub_counts = read_counts(csv_path) if csv_path.is_file() else {}
-        for image in sorted(sub.glob("plant*_rgb.png")):
+        for image in sorted(q for q in sub.glob("plant*_rgb.png") if PLANT.match(q.name)):
             plant = PLANT.match(image.name)[1]
             key = f"{sub.name}/{plant}"
             plants[key] = (key, image, sub / f"{plant}_label.png")
@@ -88,14 +88,7 @@ def build(root, split: str = "all", transform=None) -> CVPPP:
     if split == "all":
         chosen = list(plants)
     else:
-        listing = root / "splits" / f"{split}.txt"
-        if not listing.is_file():
-            raise DataError(f"cvppp: split {split!r} needs {listing} (one plant per line); without split lists use "
-                            "split 'all'")
-        lines = [(n, s.strip()) for n, s in enumerate(listing.read_text().splitlines(), 1) if s.strip()]
-        dup = duplicate_entries_message(listing, lines)
-        if dup:
-            raise DataError(dup)
+        listing, lines = read_split_names(root, split, "cvppp", "plant")
         chosen = []
         for lineno, name in lines:
             found = [k for k in plants if k == name or k.split("/", 1)[1] == name]

@@ -12,22 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .instances import InstanceDataset
-from .io import DataError, duplicate_entries_message, find_with_ext
+from .instances import InstanceDataset, read_split_names
+from .io import DataError, find_with_ext
 
 
 def build(root, split: str = "train", transform=None) -> InstanceDataset:
     root = Path(root)
-    listing = root / "splits" / f"{split}.txt"
-    if not listing.is_file():
-        have = sorted(p.stem for p in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
-        raise DataError(f"dsb2018: split list {listing} does not exist"
-                        + (f"; splits here: {', '.join(have)}" if have else
-                           "; ROOT must hold images/, labels/ and splits/<split>.txt"))
-    lines = [(n, line.strip()) for n, line in enumerate(listing.read_text().splitlines(), 1) if line.strip()]
-    dup = duplicate_entries_message(listing, lines)
-    if dup:
-        raise DataError(dup)
+    listing, lines = read_split_names(root, split, "dsb2018", "image id")
     samples, missing = [], []
     for _, stem in lines:
         image = find_with_ext(root / "images" / stem, (".webp", ".png"))

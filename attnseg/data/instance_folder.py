@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .instances import InstanceDataset
-from .io import IMAGE_EXTS, DataError, duplicate_entries_message, find_with_ext
+from .instances import InstanceDataset, read_split_names
+from .io import IMAGE_EXTS, DataError, find_with_ext
 
 
 class InstanceFolder(InstanceDataset):
@@ -50,14 +50,7 @@ def build(root, split: str = "all", transform=None) -> InstanceFolder:
     if split == "all":
         names = sorted(p.stem for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
     else:
-        listing = root / "splits" / f"{split}.txt"
-        if not listing.is_file():
-            raise DataError(f"instances: split {split!r} needs {listing} (one image name per line); without split "
-                            "lists use split 'all'")
-        lines = [(n, s.strip()) for n, s in enumerate(listing.read_text().splitlines(), 1) if s.strip()]
-        dup = duplicate_entries_message(listing, lines)
-        if dup:
-            raise DataError(dup)
+        _, lines = read_split_names(root, split, "instances", "image name")
         names = [s for _, s in lines]
     samples, missing = [], []
     for stem in names:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .io import DataError, why_unreadable
+from .io import DataError, duplicate_entries_message, why_unreadable
 
 
 def read_instance_map(path: str | Path) -> np.ndarray:
@@ -32,6 +32,21 @@ def read_instance_map(path: str | Path) -> np.ndarray:
             return np.asarray(im).astype(np.int32)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"instance map {path} {why_unreadable(path, e)}: re-copy it from the original dataset") from e
+
+
+def read_split_names(root: Path, split: str, kind: str, what: str = "name") -> tuple[Path, list[tuple[int, str]]]:
+    """``ROOT/splits/<split>.txt`` -> (its path, [(line number, entry)]): blank lines skipped, an entry listed twice
+    refused, a missing list named with the lists that exist."""
+    listing = Path(root) / "splits" / f"{split}.txt"
+    if not listing.is_file():
+        have = sorted(q.stem for q in listing.parent.glob("*.txt")) if listing.parent.is_dir() else []
+        raise DataError(f"{kind}: split {split!r} needs {listing} (one {what} per line)"
+                        + (f"; splits here: {', '.join(have)}" if have else "; without split lists use split 'all'"))
+    lines = [(n, s.strip()) for n, s in enumerate(listing.read_text().splitlines(), 1) if s.strip()]
+    dup = duplicate_entries_message(listing, lines)
+    if dup:
+        raise DataError(dup)
+    return listing, lines
 
 
 def instance_ids(ids: np.ndarray) -> np.ndarray:
