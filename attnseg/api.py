@@ -217,7 +217,14 @@ class Result:
 
 
 # -- the predictor -------------------------------------------------------------------------------------------------
-def _inference_config(meta: dict, overrides: dict):
+def fallback_crop(meta: dict) -> tuple[int, int]:
+    """The window a too-large whole-image inference slides with: the training crop, else 512x512."""
+    crop = (meta.get("config") or {}).get("crop")
+    return tuple(crop) if crop else (512, 512)
+
+
+def inference_config(meta: dict, overrides: dict):
+    """The checkpoint's saved inference settings with ``overrides`` (None values keep the saved ones), checked."""
     from .engine.inference import InferenceConfig
     saved = meta.get("inference") or {}
     cfg = InferenceConfig(mode=saved.get("mode", "whole"), crop=saved.get("crop"), stride=saved.get("stride"),
@@ -255,11 +262,10 @@ class Predictor:
         pre = meta.get("preprocessing") or {}
         self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
-        self.inference = _inference_config(meta, inference or {})
+        self.inference = inference_config(meta, inference or {})
         self.limit_bytes = memory_limit_bytes(max_memory_gb)
-        crop = (meta.get("config") or {}).get("crop")
         self.planner = (MemoryPlanner(model, self.inference, self.spec.num_classes, self.limit_bytes,
-                                      tuple(crop) if crop else (512, 512))
+                                      fallback_crop(meta))
                         if backend == "torch" else None)
         self.lock = threading.Lock()
 

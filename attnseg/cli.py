@@ -93,37 +93,18 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _inference_from(meta: dict, args):
-    from .engine.inference import InferenceConfig
-    saved = meta.get("inference", {})
-    cfg = InferenceConfig(mode=saved.get("mode", "whole"), crop=saved.get("crop"), stride=saved.get("stride"),
-                          scales=tuple(saved.get("scales", (1.0,))), flip=saved.get("flip", False),
-                          test_scale=saved.get("test_scale", 1.0))
-    if getattr(args, "mode", None):
-        cfg.mode = args.mode
-    if getattr(args, "crop", None):
-        cfg.crop = args.crop
-    if getattr(args, "stride", None):
-        cfg.stride = args.stride
-    if getattr(args, "test_scale", None):
-        cfg.test_scale = args.test_scale
+def _inference_overrides(args) -> dict:
+    """The inference settings given on the command line (None: keep the checkpoint's)."""
     tta = _parse_tta(getattr(args, "tta", None))
-    cfg.scales = tta.get("scales", cfg.scales)
-    cfg.flip = tta.get("flip", cfg.flip)
-    if cfg.mode == "slide" and cfg.crop is None:
-        raise ValueError("--mode slide needs --crop H,W (the window, at the network's input scale)")
-    return cfg
+    return {"mode": getattr(args, "mode", None), "crop": getattr(args, "crop", None),
+            "stride": getattr(args, "stride", None), "test_scale": getattr(args, "test_scale", None),
+            "scales": tta.get("scales"), "flip": tta.get("flip")}
 
 
 def _memory_limit(args) -> float:
     """--max-memory (GiB), else $ATTNSEG_MAX_MEMORY_GB, else 8 GiB."""
     from .api import memory_limit_bytes
     return memory_limit_bytes(getattr(args, "max_memory", None))
-
-
-def _fallback_crop(meta: dict):
-    crop = (meta.get("config") or {}).get("crop")
-    return tuple(crop) if crop else (512, 512)
 
 
 def collect_images(items: list[str]) -> list[Path]:
@@ -197,9 +178,10 @@ def cmd_eval(args) -> int:
     if ds.spec.names != meta["classes"]["names"]:
         raise ValueError(f"the checkpoint's classes {meta['classes']['names']} differ from the dataset's "
                          f"{ds.spec.names}")
-    icfg = _inference_from(meta, args)
+    from .api import fallback_crop, inference_config
     from .engine.inference import MemoryPlanner
-    planner = MemoryPlanner(model, icfg, ds.spec.num_classes, _memory_limit(args), _fallback_crop(meta))
+    icfg = inference_config(meta, _inference_overrides(args))
+    planner = MemoryPlanner(model, icfg, ds.spec.num_classes, _memory_limit(args), fallback_crop(meta))
 
     def plan(hw):  # estimated once per image size, before the first image of that size runs
         cfg, note = planner(hw)
@@ -244,10 +226,8 @@ def cmd_predict(args) -> int:
         raise ValueError("--attention needs the PyTorch checkpoint (an ONNX file holds only the logits); give the "
                          "run directory")
     images = collect_images(args.images)
-    tta = _parse_tta(args.tta)
-    predictor = load(args.checkpoint, device=args.device, precision=args.precision,
-                     max_memory_gb=args.max_memory, mode=args.mode, crop=args.crop, stride=args.stride,
-                     test_scale=args.test_scale, scales=tta.get("scales"), flip=tta.get("flip"))
+    predictor = load(args.checkpoint, device=args.device, precision=args.precision, max_memory_gb=args.max_memory,
+                     **_inference_overrides(args))
     stems = output_stems(images)
     if len(set(p.stem for p in images)) < len(images):
         print("some inputs share a file name: outputs are named after their folders too ("

@@ -218,3 +218,23 @@ def test_an_onnx_file_predicts_what_the_checkpoint_predicts(tmp_path, fcn_run, p
     np.testing.assert_allclose(result.probs, predictor.predict(IMAGE, probs=True).probs, atol=1e-4)
     with pytest.raises(ValueError, match="attention maps need the PyTorch checkpoint"):
         onnx_predictor.predict(IMAGE, attention=True)
+
+
+def test_both_precision_paths_and_auto_in_both_directions(fcn_run, monkeypatch):
+    """bf16 autocast (what precision=auto picks on a CPU with native bf16) against fp32, on every machine; and
+    auto resolved with the CPU check patched both ways."""
+    fp32 = attnseg.load(fcn_run, precision="fp32").predict(IMAGE, probs=True)
+    bf16_predictor = attnseg.load(fcn_run, precision="bf16")
+    assert bf16_predictor.precision.name.startswith("bf16")
+    bf16 = bf16_predictor.predict(IMAGE, probs=True)
+    assert bf16.probs.dtype == np.float32 and np.isfinite(bf16.probs).all()
+    np.testing.assert_allclose(bf16.probs, fp32.probs, atol=0.05)           # bf16 keeps ~3 significant digits
+    margin = np.sort(fp32.probs, 0)[-1] - np.sort(fp32.probs, 0)[-2]
+    clear = margin > 0.1                                                      # pixels bf16 cannot flip
+    np.testing.assert_array_equal(bf16.ids[clear], fp32.ids[clear])
+    import attnseg.engine.precision as precision
+    for native, name in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        p = attnseg.load(fcn_run, precision="auto", device="cpu")
+        assert p.precision.name.startswith(name)
+        assert p.predict(IMAGE).ids.shape == IMAGE.shape[:2]
