@@ -397,7 +397,8 @@ class Predictor:
 
 def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb: float | None = None,
          mode: str | None = None, crop=None, stride=None, scales=None, flip: bool | None = None,
-         test_scale: float | None = None, threads: int | None = None) -> Predictor:
+         test_scale: float | None = None, threads: int | None = None, tile: int | None = None,
+         overlap: int | None = None, max_side: int | None = None):
     """Load a trained model for prediction.
 
     Args:
@@ -409,7 +410,11 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
         max_memory_gb: memory limit of one inference (default ``$ATTNSEG_MAX_MEMORY_GB`` or 8 GiB).
         mode, crop, stride, scales, flip, test_scale: override the inference settings saved in the checkpoint.
         threads: onnxruntime's intra-op threads (ONNX files only).
+        tile, overlap, max_side: instance models (``attnseg.api_instances.InstancePredictor``, which ``load``
+            returns for them): images with a side above ``max_side`` are predicted in ``tile``-pixel tiles
+            overlapping by ``overlap`` and merged (defaults: the checkpoint's).
     """
+    tiles = {"tile": tile, "overlap": overlap, "max_side": max_side}
     from .engine.precision import Precision, resolve_device
     overrides = {"mode": mode, "crop": crop, "stride": stride, "scales": scales, "flip": flip,
                  "test_scale": test_scale}
@@ -420,11 +425,26 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
         from .export import OnnxModel
         model = OnnxModel(path, threads=threads)
         cpu = torch.device("cpu")
+        if model.meta.get("task") == "instances":
+            from .api_instances import InstancePredictor, OnnxInstanceModel
+            return InstancePredictor(OnnxInstanceModel(model), model.meta, device=cpu,
+                                     precision=Precision(cpu, None, False), backend="onnx", source=str(path),
+                                     test_scale=test_scale, **tiles)
         return Predictor(model, model.meta, device=cpu, precision=Precision(cpu, None, False), backend="onnx",
                          source=str(path), max_memory_gb=max_memory_gb, inference=overrides)
     from .engine.checkpoint import load_model
     dev = resolve_device(device)
     prec = Precision.resolve(dev, precision)
     model, meta = load_model(path, dev)
+    if meta.get("task") == "instances":
+        from .api_instances import InstancePredictor
+        if mode not in (None, "whole") or crop or stride or scales or flip:
+            raise ValueError(f"{meta['model']} is an instance model: it takes test_scale (and tiles large images "
+                             "itself), not mode, crop, stride, scales or flip")
+        return InstancePredictor(prec.model(model), meta, device=dev, precision=prec, backend="torch",
+                                 source=str(path), test_scale=test_scale, **tiles)
+    if any(v is not None for v in tiles.values()):
+        raise ValueError(f"tile, overlap and max_side apply to instance models; {meta['model']} is semantic (it "
+                         "takes mode='slide' with crop and stride)")
     return Predictor(prec.model(model), meta, device=dev, precision=prec, backend="torch", source=str(path),
                      max_memory_gb=max_memory_gb, inference=overrides)

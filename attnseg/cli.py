@@ -174,7 +174,12 @@ def cmd_eval(args) -> int:
     prec = Precision.resolve(device, args.precision)
     model, meta = load_model(args.checkpoint, device)
     model = prec.model(model)
+    if meta.get("task") == "instances":
+        return eval_instances(args, model, meta, prec)
     ds = build_dataset(args.data, args.split, transform=Compose([_normalize_from(meta)]))
+    if getattr(ds, "task", "semantic") != "semantic":
+        raise ValueError(f"{args.data} holds instances but {meta['model']} is a semantic model; evaluate it on a "
+                         "semantic dataset")
     if ds.spec.names != meta["classes"]["names"]:
         raise ValueError(f"the checkpoint's classes {meta['classes']['names']} differ from the dataset's "
                          f"{ds.spec.names}")
@@ -208,6 +213,47 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _tile_overrides(args) -> dict:
+    return {"test_scale": getattr(args, "test_scale", None), "tile": getattr(args, "tile", None),
+            "overlap": getattr(args, "tile_overlap", None), "max_side": getattr(args, "max_side", None)}
+
+
+def eval_instances(args, model, meta: dict, prec) -> int:
+    """``attnseg eval`` of an instance checkpoint: the instance table (SBD, |DiC|, DSB, AP, ...)."""
+    from tqdm import tqdm
+
+    from .api_instances import InstancePredictor
+    from .data import build_dataset, task_of
+    from .engine.instance_inference import evaluate_instances
+    from .metrics.report import format_instance_table, save_instance_metrics
+    semantic_flags = [f for f in ("mode", "crop", "stride", "tta") if getattr(args, f, None)]
+    if semantic_flags:
+        flags = ", ".join(f"--{f}" for f in semantic_flags)
+        raise ValueError(f"{meta['model']} is an instance model: {flags} "
+                         f"{'does' if len(semantic_flags) == 1 else 'do'} not apply (it takes --test-scale, and "
+                         "--tile, --tile-overlap and --max-side for large images)")
+    ds = build_dataset(args.data, args.split, transform=_normalize_from(meta))
+    if task_of(ds) != "instances":
+        raise ValueError(f"{meta['model']} is an instance model but {args.data} is a semantic dataset; give an "
+                         "instance dataset (dsb2018:, cvppp:, coco:, instances:, nuclei:, rosettes:)")
+    icfg = InstancePredictor(model, meta, device=prec.device, precision=prec, **_tile_overrides(args)).inference
+    n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
+    t = time.time()
+    with tqdm(total=n, unit="img", desc="eval", dynamic_ncols=True, disable=args.no_progress,
+              mininterval=1.0 if sys.stderr.isatty() else 15.0) as bar:
+        summary, rows = evaluate_instances(model, ds, icfg, prec, args.max_images, progress=bar.update)
+    dt = time.time() - t
+    print(f"{args.data} [{args.split}], {n} images, inference {icfg.describe()}, {prec.name}, {dt:.1f} s "
+          f"({summary['s_per_image']:.3f} s per image)")
+    print(format_instance_table(summary))
+    if args.out:
+        save_instance_metrics(args.out, summary, rows, extra={
+            "checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+            "inference": icfg.describe(), "precision": prec.name, "seconds": round(dt, 2)})
+        print(f"metrics written to {args.out} (metrics.json, per_image.csv)")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .api import load
     queries = getattr(args, "query", None) or []
@@ -226,8 +272,9 @@ def cmd_predict(args) -> int:
         raise ValueError("--attention needs the PyTorch checkpoint (an ONNX file holds only the logits); give the "
                          "run directory")
     images = collect_images(args.images)
+    tiles = {k: v for k, v in _tile_overrides(args).items() if k != "test_scale" and v is not None}
     predictor = load(args.checkpoint, device=args.device, precision=args.precision, max_memory_gb=args.max_memory,
-                     **_inference_overrides(args))
+                     **_inference_overrides(args), **tiles)
     stems = output_stems(images)
     if len(set(p.stem for p in images)) < len(images):
         print("some inputs share a file name: outputs are named after their folders too ("
@@ -241,9 +288,10 @@ def cmd_predict(args) -> int:
             else:
                 print(f"{path}: {note} (and for every later {result.ids.shape[1]}x{result.ids.shape[0]} image)",
                       flush=True)
-        ids_path, ov_path = result.save(out / stem)
-        print(f"{path}: {result.ids.shape[1]}x{result.ids.shape[0]}, {result.timing_ms['total']:.0f} ms -> "
-              f"{ids_path}, {ov_path}")
+        written = result.save(out / stem)
+        found = f", {result.count} instances" if getattr(result, "kind", "") == "instance" else ""
+        print(f"{path}: {result.ids.shape[1]}x{result.ids.shape[0]}{found}, {result.timing_ms['total']:.0f} ms -> "
+              + ", ".join(str(w) for w in written))
         if result.attention is not None:
             pictures, notes = result.attention.pictures(queries)
             for note in notes:
@@ -290,7 +338,32 @@ def cmd_data(args) -> int:
     return 1 if report.problems else 0
 
 
+def demo_instances(args) -> int:
+    """``attnseg demo --task instances``: the foreground + boundary U-Net with watershed on synthetic nuclei."""
+    from .engine.config import TrainConfig
+    from .engine.trainer import train
+    out = Path(args.out if args.out != "runs/demo" else "runs/demo_instances")
+    cfg = TrainConfig(model="unet_watershed_w16", data="nuclei:val=30", run_dir=str(out), crop=(128, 128),
+                      scale_range=(0.8, 1.25), batch_size=8, iters=args.iters, lr=3e-3, weight_decay=1e-4,
+                      warmup_iters=30, val_interval=max(args.iters // 3, 1), ckpt_interval=200, log_interval=20,
+                      workers=0, resume=not args.fresh, seed=args.seed)
+    t = time.time()
+    print(f"attnseg demo --task instances: foreground + boundary U-Net with watershed on synthetic nuclei fields, "
+          f"{args.iters} steps on {cfg.device}; run directory {out}", flush=True)
+    metrics = train(cfg, command="attnseg demo " + " ".join(sys.argv[2:]))
+    print(f"\ndemo finished in {(time.time() - t) / 60:.1f} min: val DSB score {metrics.get('DSB', float('nan')):.3f}, "
+          f"SBD {100 * metrics.get('SBD', float('nan')):.1f}, |DiC| {metrics.get('|DiC|', float('nan')):.2f}")
+    print(f"run directory: {out.resolve()}")
+    print(f"  metrics:     {out / 'metrics.txt'} ({out / 'metrics.json'}, {out / 'per_image.csv'})\n"
+          f"  pictures:    {out / 'pictures'} (image | ground truth | prediction)\n"
+          f"  checkpoint:  {out / 'checkpoints/model.safetensors'}\n"
+          f"  try:         attnseg predict {out} IMAGE.png --out preds --attention")
+    return 0
+
+
 def cmd_demo(args) -> int:
+    if args.task == "instances":
+        return demo_instances(args)
     from .engine.config import TrainConfig
     from .engine.trainer import train
     out = Path(args.out)
@@ -320,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--iters", type=int, default=600)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--fresh", action="store_true", help="ignore an earlier demo run in --out")
+    d.add_argument("--task", choices=("semantic", "instances"), default="semantic",
+                   help="semantic: FCN-8s on synthetic scenes; instances: a U-Net with watershed on synthetic "
+                        "nuclei (run directory runs/demo_instances)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
@@ -338,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "8); a whole-image inference estimated above it runs in sliding "
                             "windows of the training crop, or stops with the estimate")
         q.add_argument("--tta", nargs="*", help="scales=0.75,1,1.25 flip=true")
+        q.add_argument("--tile", type=_positive(int), metavar="PX",
+                       help="instance models: tile side for images above --max-side (default: the checkpoint's)")
+        q.add_argument("--tile-overlap", type=int, metavar="PX",
+                       help="instance models: tile overlap, more than the largest object (default: the checkpoint's)")
+        q.add_argument("--max-side", type=_positive(int), metavar="PX",
+                       help="instance models: images with a longer side are tiled (default: the checkpoint's)")
         q.add_argument("--device", default="auto")
         q.add_argument("--precision", default="auto")
 
@@ -345,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--data", required=True, help="dataset spec, e.g. camvid:../shared/data/camvid")
     e.add_argument("--split", default="val")
-    e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion.csv")
+    e.add_argument("--out", help="folder for metrics.json, per_class.csv, confusion.csv (instances: metrics.json, "
+                                 "per_image.csv)")
     e.add_argument("--max-images", type=_positive(int))
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_infer_args(e)

@@ -93,8 +93,17 @@ class ExportWrapper(nn.Module):
         self.model, self.with_ids = model, with_ids
 
     def forward(self, images: torch.Tensor):
-        logits = self.model(images)["logits"].float()
+        logits = reference_logits(self.model, images)
         return (logits, logits.argmax(1)) if self.with_ids else (logits,)
+
+
+def reference_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What the file's ``logits`` output holds: a semantic model's logits, or an instance model's dense maps
+    concatenated along the channels (``InstanceModel.flat_maps``; the post-processing is not exported)."""
+    out = model(images)
+    if getattr(model, "task", "semantic") == "instances":
+        return model.flat_maps(out).float()
+    return out["logits"].float()
 
 
 def default_check_sizes(meta: dict) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -411,7 +420,7 @@ def check_parity(session, model: nn.Module, sizes, with_ids: bool = False, batch
     for H, W in sizes:
         x = torch.randn(batch, 3, int(H), int(W), generator=g)
         with torch.no_grad():
-            ref = model(x)["logits"].float()
+            ref = reference_logits(model, x)
         try:
             out = session.run(None, {"images": x.numpy()})
         except Exception as e:  # noqa: BLE001
@@ -421,7 +430,7 @@ def check_parity(session, model: nn.Module, sizes, with_ids: bool = False, batch
             raise ExportError(f"the exported model returns logits of shape {tuple(logits.shape)} for a {H}x{W} image, "
                               f"PyTorch {tuple(ref.shape)}: it froze a size when traced; {_EXPORT_HINT}")
         with torch.no_grad():   # PyTorch against itself: the same input in channels_last runs other kernels
-            alt = model(x.contiguous(memory_format=torch.channels_last))["logits"].float()
+            alt = reference_logits(model, x.contiguous(memory_format=torch.channels_last))
         ids = ref.argmax(1)
         r = {"size": [int(H), int(W)], "max_abs_diff": float((logits - ref).abs().max()),
              "logit_scale": float(ref.abs().max()), "id_agreement": float((logits.argmax(1) == ids).float().mean()),
@@ -661,6 +670,10 @@ def cmd_export(args) -> int:
     from .engine.checkpoint import load_model
     model, meta = load_model(args.run)
     out = Path(args.out) if args.out else default_output(args.run)
+    instances = getattr(model, "task", "semantic") == "instances"
+    if instances and args.ids:
+        raise ValueError(f"--ids is the argmax of a semantic model's logits; {meta['model']} is an instance model, "
+                         "whose instances come from post-processing that is not exported")
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {out} should name an .onnx file, e.g. {out.with_suffix('.onnx')}")
     report = export_onnx(model, meta, out, opset=args.opset, with_ids=args.ids, check_sizes=args.check_size,
@@ -669,6 +682,11 @@ def cmd_export(args) -> int:
     print(f"wrote {out} ({report['bytes'] / 2 ** 20:.1f} MiB, opset {report['opset']}, outputs "
           f"{', '.join(report['outputs'])}, dynamic batch and size" + (f" >= {low[0]}x{low[1]}" if max(low) > 2 else "")
           + f", {report['export_s']:.0f} s)")
+    if instances:
+        layout = ", ".join(f"{k} ({c} channel{'s' if c > 1 else ''})" for k, c in model.map_channels().items())
+        print(f"instance model: the file's logits are the network's dense maps {layout}; the post-processing that "
+              "turns them into instances (watershed, mean shift) is not in the file: attnseg.load / attnseg predict "
+              "on the .onnx file run it")
     if not report["checks"]:
         return 0
     print("parity with PyTorch (onnxruntime, CPU, fp32):")

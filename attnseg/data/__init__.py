@@ -19,7 +19,15 @@ READERS = {
     "cityscapes": "attnseg.data.cityscapes",
     "ade20k": "attnseg.data.ade20k",
     "synthetic": "attnseg.data.synthetic",
+    # instance datasets (``task = "instances"``): build(root, split, transform) -> InstanceDataset
+    "dsb2018": "attnseg.data.dsb2018",
+    "cvppp": "attnseg.data.cvppp",
+    "coco": "attnseg.data.coco_instances",
+    "instances": "attnseg.data.instance_folder",
+    "nuclei": "attnseg.data.synthetic_instances:build_nuclei",
+    "rosettes": "attnseg.data.synthetic_instances:build_rosettes",
 }
+INSTANCE_KINDS = ("dsb2018", "cvppp", "coco", "instances", "nuclei", "rosettes")
 
 
 def parse_data_spec(spec: str) -> tuple[str, str]:
@@ -33,11 +41,22 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
     return kind, root
 
 
-def build_dataset(spec: str, split: str = "train", transform=None, **kwargs) -> SegmentationDataset:
+def build_dataset(spec: str, split: str = "train", transform=None, **kwargs):
+    """A semantic ``SegmentationDataset`` or, for the instance kinds, an ``InstanceDataset`` (``.task ==
+    "instances"``); ``cache`` and ``seed`` apply to both."""
     kind, root = parse_data_spec(spec)
-    module = importlib.import_module(READERS[kind])
-    return module.build(root, split=split, transform=transform, **kwargs)
+    module_name, _, func = READERS[kind].partition(":")
+    build = getattr(importlib.import_module(module_name), func or "build")
+    if kind in INSTANCE_KINDS:
+        return build(root, split=split, transform=transform).configure(cache=kwargs.get("cache", False),
+                                                                      seed=kwargs.get("seed", 0))
+    return build(root, split=split, transform=transform, **kwargs)
+
+
+def task_of(dataset) -> str:
+    """"semantic" or "instances"."""
+    return getattr(dataset, "task", "semantic")
 
 
 __all__ = ["LabelSpec", "CAMVID", "VOC", "CITYSCAPES", "SegmentationDataset", "DataError", "read_image",
-           "read_label", "build_dataset", "parse_data_spec", "sample_seed", "READERS"]
+           "read_label", "build_dataset", "task_of", "INSTANCE_KINDS", "parse_data_spec", "sample_seed", "READERS"]

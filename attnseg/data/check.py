@@ -182,7 +182,7 @@ def scan_split(dataset: SegmentationDataset, split: str, report: CheckReport, ma
 def check_spec(spec: str) -> None:
     """Raise DataError for a spec that no split could fix: an unknown kind or a reader option it does not take."""
     kind, root = parse_data_spec(spec)
-    module = importlib.import_module(READERS[kind])
+    module = importlib.import_module(READERS[kind].partition(":")[0])
     for name in ("parse_root", "parse_options"):
         if hasattr(module, name):
             getattr(module, name)(root)
@@ -203,6 +203,10 @@ def check_dataset(spec: str, splits: tuple[str, ...] | list[str] = ("train", "va
         DataError for a spec that names an unknown kind or an option the reader does not take (nothing to scan).
     """
     check_spec(spec)
+    from . import INSTANCE_KINDS
+    if parse_data_spec(spec)[0] in INSTANCE_KINDS:
+        from .instance_check import check_instance_dataset
+        return check_instance_dataset(spec, splits, max_problems)
     report = CheckReport(spec=spec)
     for split in splits:
         try:

@@ -19,10 +19,11 @@ from .io import DataError, read_image
 class CocoInstances(InstanceDataset):
     def __init__(self, coco, image_ids, image_dir: Path, name: str, transform=None):
         samples = [(coco.imgs[i]["file_name"], image_dir / coco.imgs[i]["file_name"], None) for i in image_ids]
-        super().__init__(samples, name=name, transform=transform)
-        self.coco, self.image_ids = coco, list(image_ids)
         cats = sorted(coco.cats)
-        self.classes = [coco.cats[c]["name"] for c in cats]
+        classes = [coco.cats[c]["name"] for c in cats]
+        super().__init__(samples, name=name, transform=transform, class_names=classes or ["object"])
+        self.coco, self.image_ids = coco, list(image_ids)
+        self.classes = classes
         self.class_index = {c: k for k, c in enumerate(cats)}
 
     def _annotations(self, i: int):

@@ -18,7 +18,7 @@ from .io import IMAGE_EXTS, DataError, find_with_ext
 
 class InstanceFolder(InstanceDataset):
     def __init__(self, samples, classes: list[str], root: Path, name: str, transform=None):
-        super().__init__(samples, name=name, transform=transform)
+        super().__init__(samples, name=name, transform=transform, class_names=classes)
         self.classes, self.root = classes, root
 
     def instance_classes(self, i: int) -> dict[int, int]:

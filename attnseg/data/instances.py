@@ -92,17 +92,41 @@ def from_masks(masks: np.ndarray, scores=None, threshold: float = 0.5) -> np.nda
 class InstanceDataset:
     """Images with instance id maps. ``load(i)`` -> ((H, W, 3) uint8 image, (H, W) int32 id map);
     ``dataset[i]`` -> {"image": (3, H, W) float tensor normalised by ``transform`` (default ImageNet statistics),
-    "instances": (H, W) int64 tensor, "name": str}. ``samples``: (name, image path, instance map path)."""
+    "instances": (H, W) int64 tensor, "name": str, "index": int}. ``samples``: (name, image path, instance map path).
+
+    Training: ``augment`` is an id-keeping transform of ``attnseg.data.instance_transforms`` applied before
+    ``transform``, drawn from (seed, epoch, index) like the semantic datasets (``sample_seed``), so a resumed run sees
+    the same crops. ``class_names``: the instance classes (instance class k is ``class_names[k - 1]``; default one
+    class, "object"). ``cache``: keep decoded samples in memory.
+    """
 
     task = "instances"
 
-    def __init__(self, samples: list[tuple[str, Path, Path]], name: str = "instances", transform=None):
+    def __init__(self, samples: list[tuple[str, Path, Path]], name: str = "instances", transform=None,
+                 class_names: list[str] | tuple[str, ...] = ("object",)):
         if not samples:
             raise DataError(f"{name}: the split holds no images")
         self.samples, self.name, self.transform = samples, name, transform
+        self.class_names = list(class_names)
+        self.augment = None
+        self.cache: dict | None = None
+        self.seed, self.epoch = 0, 0
+        self.problems: list[str] = []
+
+    def configure(self, cache: bool = False, seed: int = 0) -> "InstanceDataset":
+        """The options every reader takes (``build_dataset(..., cache=, seed=)``)."""
+        self.cache = {} if cache else None
+        self.seed = seed
+        return self
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def sample_name(self, i: int) -> str:
+        return self.samples[i][0]
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         from .io import read_image
@@ -113,10 +137,33 @@ class InstanceDataset:
                             f"map {label_path} is {ids.shape[1]}x{ids.shape[0]}; they must match")
         return image, ids
 
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``load(i)`` through the cache (when there is one)."""
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        out = self.load(i)
+        if self.cache is not None:
+            self.cache[i] = out
+        return out
+
+    def check_labels(self, require_instances: bool = False) -> None:
+        """Decode every sample (filling the cache); the first bad file raises DataError, and so does a split
+        without a single instance when ``require_instances`` (training on it would learn "background")."""
+        total = 0
+        for i in range(len(self)):
+            total += len(instance_ids(self.get(i)[1]))
+        if require_instances and total == 0:
+            raise DataError(f"{self.name}: none of its {len(self)} instance maps holds an instance (every pixel is "
+                            "0, background); check that the maps are instance ids, not an empty export")
+
     def __getitem__(self, i: int) -> dict:
         import torch
 
+        from .dataset import sample_seed
         from .transforms import Normalize
-        image, ids = self.load(i)
+        image, ids = self.get(i)
+        if self.augment is not None:
+            image, ids = self.augment(image, ids, np.random.default_rng(sample_seed(self.seed, self.epoch, i)))
         x, _ = (self.transform or Normalize())(image, None, None)
-        return {"image": x, "instances": torch.from_numpy(ids.astype(np.int64)), "name": self.samples[i][0]}
+        return {"image": x, "instances": torch.from_numpy(np.asarray(ids, np.int64)), "name": self.sample_name(i),
+                "index": i}

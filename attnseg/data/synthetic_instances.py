@@ -3,8 +3,8 @@
 Not from a paper: attnseg's embedded instance data and the controlled benchmark for counting and separation.
 
 - ``nuclei_field``: 1-150 elliptical blobs (radii log-uniform over 3-14 px, any orientation), placed at random so
-  that many touch or overlap (a later blob is drawn over an earlier one), each with its own intensity and
-  texture; fluorescence-like (bright nuclei on a dark background) or brightfield-like (dark on bright).
+  that many touch or overlap (a later blob is drawn over an earlier one; a blob cut in two keeps its larger
+  piece), each with its own intensity and texture; fluorescence-like (bright nuclei on a dark background) or brightfield-like (dark on bright).
 - ``leaf_rosette``: 5-20 elongated leaves around a centre, each a pointed ellipse along its own angle and length,
   younger (shorter) leaves drawn over older ones, so neighbours touch and overlap; green hues on a soil background.
 
@@ -19,6 +19,10 @@ import math
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .instances import InstanceDataset
+from .io import DataError
+from .synthetic import scene_seed_of
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float, n: int = 48, tip: float = 1.0):
@@ -41,6 +45,22 @@ def _renumber(ids: np.ndarray, min_pixels: int) -> np.ndarray:
     return table[ids]
 
 
+def _largest_pieces(ids: np.ndarray) -> np.ndarray:
+    """Each id keeps only its largest 8-connected piece (a nucleus cut in two by one drawn over it would otherwise
+    be one id in two places, which no nucleus annotation has); the rest becomes background."""
+    from scipy import ndimage
+    out = ids.copy()
+    for k, sl in enumerate(ndimage.find_objects(ids), start=1):
+        if sl is None:
+            continue
+        pieces, n = ndimage.label(ids[sl] == k, structure=np.ones((3, 3)))
+        if n > 1:
+            sizes = np.bincount(pieces.ravel())[1:]
+            drop = (pieces > 0) & (pieces != 1 + int(np.argmax(sizes)))
+            out[sl][drop] = 0
+    return out
+
+
 def _draw(size, shapes) -> np.ndarray:
     """Paint polygons with ids 1..len(shapes) (later over earlier) on a 32-bit canvas."""
     canvas = Image.new("I", (size[1], size[0]), 0)
@@ -61,7 +81,7 @@ def nuclei_field(seed: int, size: tuple[int, int] = (256, 256), count: tuple[int
         r = math.exp(rng.uniform(math.log(3), math.log(14)))
         shapes.append(_ellipse(rng.uniform(0, W), rng.uniform(0, H), r, r * rng.uniform(0.55, 1.0),
                                rng.uniform(0, np.pi)))
-    ids = _renumber(_draw(size, shapes), min_pixels)
+    ids = _renumber(_largest_pieces(_draw(size, shapes)), min_pixels)
     bright = rng.random() < 0.7                                          # fluorescence-like
     base = rng.uniform(5, 35) if bright else rng.uniform(190, 235)
     image = np.full((H, W), base, np.float64)
@@ -100,3 +120,79 @@ def leaf_rosette(seed: int, size: tuple[int, int] = (224, 224), leaves: tuple[in
     shade = 1 + 0.08 * rng.normal(0, 1, (H, W, 1))
     image = np.where(ids[..., None] > 0, greens[ids] * shade, image)
     return np.rint(image).clip(0, 255).astype(np.uint8), ids
+
+
+# -- readers: ``nuclei:OPTIONS`` and ``rosettes:OPTIONS`` --------------------------------------------------------
+
+DEFAULT_COUNTS = {"train": 400, "val": 50, "test": 50}
+
+
+def _parse_pair(text: str, cast):
+    lo, _, hi = str(text).partition("-")
+    return cast(lo), cast(hi or lo)
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    h, _, w = str(text).lower().partition("x")
+    return int(h), int(w or h)
+
+
+OPTIONS = {"n": int, "train": int, "val": int, "test": int, "seed": int, "size": _parse_hw,
+           "count": lambda s: _parse_pair(s, int)}
+
+
+def parse_instance_options(kind: str, root: str) -> dict:
+    """'n=200,size=256x256,count=1-150,seed=3' -> a dict; unknown keys are refused with the list of keys."""
+    out = {}
+    for item in filter(None, (part.strip() for part in str(root).split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in OPTIONS:
+            raise DataError(f"{kind} option {item!r} is not key=value with a known key; keys: {', '.join(OPTIONS)} "
+                            f"(e.g. {kind}:n=200,size=256x256,count=1-150,seed=3)")
+        try:
+            out[key] = OPTIONS[key](value.strip())
+        except ValueError as e:
+            raise DataError(f"{kind} option {item!r}: cannot read {value!r} ({e})") from None
+    if "count" in out and not 1 <= out["count"][0] <= out["count"][1]:
+        raise DataError(f"{kind} option count={root.split('count=')[1].split(',')[0]}: give lo-hi with 1 <= lo <= hi")
+    return out
+
+
+class SyntheticInstances(InstanceDataset):
+    """Scenes generated on demand (nothing on disk): scene i of a split is the generator at
+    ``scene_seed_of(scene_seed, split, i)``, so train, val and test never share a scene."""
+
+    def __init__(self, kind: str, split: str, n: int, size: tuple[int, int], count: tuple[int, int],
+                 scene_seed: int = 0, transform=None):
+        self.kind, self.split, self.size, self.count, self.scene_seed = kind, split, size, count, scene_seed
+        samples = [(f"{kind}_{split}_{i:04d}", None, None) for i in range(n)]
+        super().__init__(samples, name=f"{kind} [{split}]", transform=transform,
+                         class_names=["nucleus"] if kind == "nuclei" else ["leaf"])
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        seed = scene_seed_of(self.scene_seed, self.split, i)
+        make = nuclei_field if self.kind == "nuclei" else leaf_rosette
+        return make(seed, self.size, self.count)
+
+
+def _build(kind: str, root: str, split: str, transform, defaults: dict):
+    options = {**defaults, **parse_instance_options(kind, root)}
+    if split not in DEFAULT_COUNTS:
+        raise DataError(f"{kind}: split {split!r} unknown; choose train, val or test")
+    n = options.get(split, options.get("n", DEFAULT_COUNTS[split]))
+    if n < 1:
+        raise DataError(f"{kind}: split {split} would hold {n} scenes; give n >= 1")
+    return SyntheticInstances(kind, split, n, options["size"], options["count"], options.get("seed", 0), transform)
+
+
+def build_nuclei(root: str = "", split: str = "train", transform=None):
+    """``nuclei:n=..,size=HxW,count=lo-hi,seed=..``: DSB2018-like fields (default 256x256, 1-150 nuclei; 400 train,
+    50 val, 50 test scenes)."""
+    return _build("nuclei", root, split, transform, {"size": (256, 256), "count": (1, 150)})
+
+
+def build_rosettes(root: str = "", split: str = "train", transform=None):
+    """``rosettes:n=..,size=HxW,count=lo-hi,seed=..``: CVPPP-like rosettes (default 224x224, 5-20 leaves; 400 train,
+    50 val, 50 test scenes)."""
+    return _build("rosettes", root, split, transform, {"size": (224, 224), "count": (5, 20)})

@@ -480,7 +480,9 @@ def load_model(path, device="cpu"):
     # initial weights named by the training run (``pretrained``, ``base_weights``) are in the checkpoint already:
     # rebuilding must not need those files
     kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k not in INIT_WEIGHT_KWARGS}
-    model = create_model(meta["model"], num_classes=spec.num_classes, **kwargs)
+    # an instance model's classes are the spec's minus the background (class 0)
+    num_classes = spec.num_classes - 1 if meta.get("task") == "instances" else spec.num_classes
+    model = create_model(meta["model"], num_classes=num_classes, **kwargs)
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # tensors of the wrong shape

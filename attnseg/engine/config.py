@@ -65,6 +65,11 @@ class TrainConfig:
     eval_scales: tuple = (1.0,)           # relative to test_scale; several = multi-scale
     eval_flip: bool = False
     test_scale: float | None = None       # resize factor at test time; None = base_scale
+    # instance models (task "instances"): validation and inference tile images with a side above tile_max_side
+    tile_max_side: int = 1024
+    tile_size: int = 512
+    tile_overlap: int = 96                # should exceed the largest object's diameter
+    val_metric: str | None = None         # best.safetensors by: None = mIoU (semantic) or DSB (instances)
     val_interval: int = 500               # steps; 0 = only at the end
     val_max_images: int | None = None     # None = the whole split
     # bookkeeping
@@ -220,6 +225,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(c.val_max_images is None or c.val_max_images >= 1, "val_max_images", c.val_max_images,
            "it must be >= 1, or null for the whole split")
     _check(c.log_interval >= 1, "log_interval", c.log_interval, "it must be >= 1")
+    _check(c.tile_size >= 16, "tile_size", c.tile_size, "it must be >= 16 pixels")
+    _check(0 <= c.tile_overlap < c.tile_size, "tile_overlap", c.tile_overlap, "it must be in [0, tile_size)")
+    _check(c.tile_max_side >= c.tile_size, "tile_max_side", c.tile_max_side, "it must be >= tile_size")
     _check(c.ckpt_interval >= 0, "ckpt_interval", c.ckpt_interval, "it must be >= 0 (0 = save only at the end)")
     for key, choices in CHOICES.items():
         _check(getattr(c, key) in choices, key, getattr(c, key), f"choose one of {', '.join(choices)}")

@@ -37,16 +37,25 @@ def _core(starts: list[int], i: int, tile: int, n: int) -> tuple[int, int]:
 def tiled_instances(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], tile: tuple[int, int] = (512, 512),
                     overlap: int = 64) -> np.ndarray:
     """image (H, W, C) -> (H, W) int32 id map, ``predict(tile_image) -> (h, w) ids`` called once per tile."""
+    return tiled_instances_scored(image, lambda t: (predict(t), {}), tile, overlap)[0]
+
+
+def tiled_instances_scored(image: np.ndarray, predict: Callable, tile: tuple[int, int] = (512, 512),
+                           overlap: int = 64) -> tuple[np.ndarray, dict[int, float]]:
+    """As ``tiled_instances`` with ``predict(tile_image) -> ((h, w) ids, {id: score})``; returns the merged id map
+    and the kept instances' scores under their new ids (1.0 where the tile gave none)."""
     H, W = image.shape[:2]
     th, tw = min(tile[0], H), min(tile[1], W)
     ys, xs = tile_starts(H, th, overlap), tile_starts(W, tw, overlap)
     out = np.zeros((H, W), np.int32)
+    merged_scores: dict[int, float] = {}
     next_id = 1
     for i, y0 in enumerate(ys):
         cy = _core(ys, i, th, H)
         for j, x0 in enumerate(xs):
             cx = _core(xs, j, tw, W)
-            ids = np.asarray(predict(image[y0:y0 + th, x0:x0 + tw]))
+            ids, scores = predict(image[y0:y0 + th, x0:x0 + tw])
+            ids = np.asarray(ids)
             if ids.shape != (th, tw):
                 raise ValueError(f"the tile predictor returned {ids.shape} for a {th}x{tw} tile")
             labels = np.unique(ids)
@@ -63,5 +72,6 @@ def tiled_instances(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarra
                 if cy[0] <= my[k] < cy[1] and cx[0] <= mx[k] < cx[1]:
                     paint = (ids == k) & (region == 0)
                     region[paint] = next_id
+                    merged_scores[next_id] = float(scores.get(int(k), 1.0))
                     next_id += 1
-    return out
+    return out, merged_scores

@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import build_dataset
+from ..data import build_dataset, task_of
+from ..data.labels import LabelSpec
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from ..losses import class_pixel_stats, median_frequency_weights, segmentation_loss
-from ..models import create_model
+from ..models import create_model, model_task
 from . import checkpoint as ckpt_io
 from .config import TrainConfig, config_to_dict, save_config
 from .distributed import all_reduce_mean, barrier, cleanup, init_distributed, wrap_model
 from .inference import InferenceConfig, evaluate
+from .instance_inference import InstanceInferenceConfig, evaluate_instances
 from .precision import Precision, resolve_device
 
 log = logging.getLogger("attnseg")
@@ -89,6 +91,26 @@ def inference_config(cfg: TrainConfig) -> InferenceConfig:
     crop = cfg.eval_crop or (cfg.crop if cfg.eval_mode == "slide" else None)
     return InferenceConfig(mode=cfg.eval_mode, crop=crop, stride=cfg.eval_stride, scales=tuple(cfg.eval_scales),
                            flip=cfg.eval_flip, test_scale=test_scale)
+
+
+def instance_inference_config(cfg: TrainConfig) -> InstanceInferenceConfig:
+    test_scale = cfg.test_scale if cfg.test_scale is not None else cfg.base_scale
+    return InstanceInferenceConfig(test_scale=test_scale, max_side=cfg.tile_max_side, tile=cfg.tile_size,
+                                   overlap=cfg.tile_overlap)
+
+
+def instance_augment(cfg: TrainConfig):
+    """The instance training pipeline: random scale (relative to base_scale), crop (instances cut below 8 px
+    dropped), with ``flip`` one of the eight flips/rotations (nuclei and leaves have no up), with ``jitter``
+    brightness/contrast."""
+    from ..data import instance_transforms as it
+    ts = [it.RandomScale(cfg.scale_range[0] * cfg.base_scale, cfg.scale_range[1] * cfg.base_scale),
+          it.RandomCrop(tuple(cfg.crop))]
+    if cfg.flip:
+        ts.append(it.RandomD4())
+    if cfg.jitter:
+        ts.append(it.Photometric())
+    return it.Compose(ts)
 
 
 def git_hash() -> str | None:
@@ -160,32 +182,21 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.manual_seed(cfg.seed)
+        self.task = model_task(cfg.model)
         self.train_set = build_dataset(cfg.data, cfg.train_split, cache=cfg.cache, seed=cfg.seed)
-        self.spec = self.train_set.spec
-        self.train_set.transform = train_transforms(
-            cfg.crop, cfg.scale_range, cfg.base_scale, self.spec.ignore_index, cfg.flip, cfg.jitter,
-            cfg.cat_max_ratio, IMAGENET_MEAN, IMAGENET_STD)
-        self.val_set = build_dataset(cfg.val_data or cfg.data, cfg.val_split, transform=eval_transforms(),
-                                     cache=cfg.cache, seed=cfg.seed)
-        if self.val_set.spec.names != self.spec.names:
-            raise ValueError(f"train and val datasets have different classes: {self.spec.names} vs "
-                             f"{self.val_set.spec.names}")
-        # the model before any file is written and before minutes of decoding: a wrong name or option fails at once
-        self.model = create_model(cfg.model, num_classes=self.spec.num_classes, **cfg.model_kwargs)
-        self.run_dir = Path(cfg.run_dir)
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        # decode and check every sample once before training (and before workers fork; fills the caches when
-        # cache=true): a bad file or an all-ignore training split stops here, not at step 900 or at validation
-        self.train_set.check_labels(require_classes=True)
-        self.val_set.check_labels()
+        if task_of(self.train_set) != self.task:
+            raise ValueError(f"model {cfg.model} predicts {self.task} but {cfg.data} is a {task_of(self.train_set)} "
+                             "dataset; pick a model of that task (attnseg models) or another dataset")
+        if self.task == "instances":
+            self._setup_instance_data()
+        else:
+            self._setup_semantic_data()
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.class_weights = class_weights_for(cfg, self.train_set, self.run_dir)
         self.optimizer = build_optimizer(cfg, self.model)
         # fp16 (CUDA only) needs loss scaling against gradient underflow; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(self.prec.device.type, enabled=self.prec.dtype == torch.float16)
-        self.infer_cfg = inference_config(cfg)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0, 0.0
-        self.best = -1.0
+        self.best = -1e18  # below any score (|DiC| is negated)
         self.last_metrics = None
         self.saved_step = None  # the step that last.pt holds (None: no checkpoint written or found yet)
         self.refused_step = None  # the last step whose non-finite state save() refused
@@ -205,21 +216,73 @@ class Trainer:
                 log.warning("tensorboard is not installed (pip install attnseg[tensorboard]); "
                             "logging to log.jsonl only")
 
+    def _setup_semantic_data(self):
+        cfg = self.cfg
+        self.spec = self.train_set.spec
+        self.train_set.transform = train_transforms(
+            cfg.crop, cfg.scale_range, cfg.base_scale, self.spec.ignore_index, cfg.flip, cfg.jitter,
+            cfg.cat_max_ratio, IMAGENET_MEAN, IMAGENET_STD)
+        self.val_set = build_dataset(cfg.val_data or cfg.data, cfg.val_split, transform=eval_transforms(),
+                                     cache=cfg.cache, seed=cfg.seed)
+        if self.val_set.spec.names != self.spec.names:
+            raise ValueError(f"train and val datasets have different classes: {self.spec.names} vs "
+                             f"{self.val_set.spec.names}")
+        # the model before any file is written and before minutes of decoding: a wrong name or option fails at once
+        self.model = create_model(cfg.model, num_classes=self.spec.num_classes, **cfg.model_kwargs)
+        self.run_dir = Path(cfg.run_dir)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        # decode and check every sample once before training (and before workers fork; fills the caches when
+        # cache=true): a bad file or an all-ignore training split stops here, not at step 900 or at validation
+        self.train_set.check_labels(require_classes=True)
+        self.val_set.check_labels()
+        self.class_weights = class_weights_for(cfg, self.train_set, self.run_dir)
+        self.infer_cfg = inference_config(cfg)
+        self.val_metric = cfg.val_metric or "mIoU"
+
+    def _setup_instance_data(self):
+        """Instance datasets: id-keeping augmentation, the model's own loss, instance metrics at validation."""
+        cfg = self.cfg
+        names = self.train_set.class_names
+        # instance class k is spec class k; class 0 is the background (as in the semantic label maps)
+        self.spec = LabelSpec(["background", *names])
+        self.train_set.augment = instance_augment(cfg)
+        from ..data.transforms import Normalize
+        self.train_set.transform = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        self.val_set = build_dataset(cfg.val_data or cfg.data, cfg.val_split, cache=cfg.cache, seed=cfg.seed)
+        if task_of(self.val_set) != "instances" or self.val_set.class_names != names:
+            raise ValueError(f"train and val datasets must both hold instances of the same classes: {names} vs "
+                             f"{getattr(self.val_set, 'class_names', 'a semantic dataset')}")
+        self.val_set.transform = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        self.model = create_model(cfg.model, num_classes=len(names), **cfg.model_kwargs)
+        self.run_dir = Path(cfg.run_dir)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.train_set.check_labels(require_instances=True)
+        self.val_set.check_labels()
+        self.class_weights = None
+        self.infer_cfg = instance_inference_config(cfg)
+        self.val_metric = cfg.val_metric or "DSB"
+
     # -- state -------------------------------------------------------------------------------------------------
     def meta(self) -> dict:
         return {
             "model": self.cfg.model, "model_kwargs": self.cfg.model_kwargs, "classes": self.spec.to_dict(),
             "preprocessing": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                               "base_scale": self.cfg.base_scale, "test_scale": self.infer_cfg.test_scale},
-            "inference": {"mode": self.infer_cfg.mode, "crop": self.infer_cfg.crop, "stride": self.infer_cfg.stride,
-                          "scales": list(self.infer_cfg.scales), "flip": self.infer_cfg.flip,
-                          "test_scale": self.infer_cfg.test_scale},
+            "task": self.task,
+            "inference": self._inference_meta(),
             "config": config_to_dict(self.cfg), "num_params": self.num_params, "command": self.command,
             "step": self.step, "elapsed_s": round(self.elapsed, 1), "metrics": self.last_metrics,
             "precision": self.prec.name, "world_size": self.world, "git": self.git,
             "versions": {"attnseg": __import__("attnseg").__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
         }
+
+    def _inference_meta(self) -> dict:
+        c = self.infer_cfg
+        if self.task == "instances":
+            return {"test_scale": c.test_scale, "max_side": c.max_side, "tile": c.tile, "overlap": c.overlap}
+        return {"mode": c.mode, "crop": c.crop, "stride": c.stride, "scales": list(c.scales), "flip": c.flip,
+                "test_scale": c.test_scale}
 
     def _maybe_resume(self):
         path = self.run_dir / "checkpoints" / "last.pt"
@@ -316,11 +379,17 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         x = self.prec.images(batch["image"])
-        y = batch["label"].to(self.prec.device, non_blocking=True)
-        with self.prec.autocast():
-            out = self.ddp_model(x)
-        loss, parts = segmentation_loss(out, y, self.spec.ignore_index, self.class_weights, cfg.aux_weight,
-                                        cfg.label_smoothing, cfg.embedding_weight)
+        if self.task == "instances":
+            y = batch["instances"].to(self.prec.device, non_blocking=True)
+            with self.prec.autocast():
+                out = self.ddp_model(x)
+            loss, parts = self.model.loss(out, y)  # the model owns its loss (computed in float32)
+        else:
+            y = batch["label"].to(self.prec.device, non_blocking=True)
+            with self.prec.autocast():
+                out = self.ddp_model(x)
+            loss, parts = segmentation_loss(out, y, self.spec.ignore_index, self.class_weights, cfg.aux_weight,
+                                            cfg.label_smoothing, cfg.embedding_weight)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss.item()} at step {self.step}; lower lr (now {lr:.2e}) or set "
                                 "precision=fp32.")
@@ -334,6 +403,8 @@ class Trainer:
         return lr, {"loss": loss.detach(), **parts}
 
     def validate(self, final: bool = False) -> tuple[dict, object]:
+        if self.task == "instances":
+            return self.validate_instances(final)
         limit = None if final else self.cfg.val_max_images
         t = time.time()
         metrics, cm = evaluate(self.model, self.val_set, self.infer_cfg, self.prec, limit, self.rank, self.world)
@@ -353,6 +424,33 @@ class Trainer:
             self.best = metrics["mIoU"]
             self.save_weights("best.safetensors")
         return metrics, cm
+
+    def validate_instances(self, final: bool = False) -> tuple[dict, list]:
+        limit = None if final else self.cfg.val_max_images
+        t = time.time()
+        summary, rows = evaluate_instances(self.model, self.val_set, self.infer_cfg, self.prec, limit, self.rank,
+                                           self.world)
+        summary["eval_s"] = round(time.time() - t, 1)
+        if self.val_metric not in summary:
+            raise ValueError(f"val_metric {self.val_metric!r} is not an instance metric; choose one of "
+                             f"{', '.join(k for k, v in summary.items() if isinstance(v, float))}")
+        keys = [k for k in ("DSB", "AP", "AP50", "SBD", "|DiC|", "fgDice", "PQ") if k in summary]
+        if self.main:
+            rec = {"kind": "val", "step": self.step, "epoch": self.epoch, "elapsed": round(self.elapsed, 1),
+                   "mode": self.infer_cfg.describe(), "images": summary["images"],
+                   **{k: summary[k] for k in keys}, "s_per_image": summary["s_per_image"]}
+            self.log.write(rec)
+            if self.tb:
+                self.tb.add_scalar(f"val/{self.val_metric}", summary[self.val_metric], self.step)
+            shown = " ".join(f"{k} {summary[k]:.3f}" for k in keys)
+            print(f"[val] step {self.step} {self.elapsed / 60:.1f} min: {shown} ({summary['images']} images, "
+                  f"{summary['eval_s']} s)", flush=True)
+        self.last_metrics = {k: summary[k] for k in keys}
+        score = summary[self.val_metric] * (-1 if self.val_metric in ("|DiC|", "AvgFP", "AvgFN") else 1)
+        if self.main and score > self.best:
+            self.best = score
+            self.save_weights("best.safetensors")
+        return summary, rows
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -441,11 +539,42 @@ class Trainer:
             self.tb.close()
         return metrics
 
+    def write_instance_pictures(self) -> list[Path]:
+        return _instance_pictures(self)
+
     def write_report(self, metrics: dict, cm) -> None:
+        if self.task == "instances":
+            from ..metrics.report import format_instance_table, save_instance_metrics
+            save_instance_metrics(self.run_dir, metrics, cm, extra={
+                "step": self.step, "elapsed_s": round(self.elapsed, 1), "precision": self.prec.name,
+                "inference": self.infer_cfg.describe(), "num_params": self.num_params, "model": self.cfg.model,
+                "data": self.cfg.val_data or self.cfg.data, "split": self.cfg.val_split})
+            (self.run_dir / "metrics.txt").write_text(format_instance_table(metrics) + "\n")
+            print(format_instance_table(metrics), flush=True)
+            self.write_instance_pictures()
+            return
         from .report import write_run_report
         write_run_report(self.run_dir, self.model, self.val_set, self.spec, metrics, cm, self.infer_cfg, self.prec,
                          extra={"step": self.step, "elapsed_s": round(self.elapsed, 1), "precision": self.prec.name,
                                 "inference": self.infer_cfg.describe(), "num_params": self.num_params})
+
+
+def _instance_pictures(trainer: Trainer, count: int = 4) -> list[Path]:
+    """``pictures/<name>.png`` for the first ``count`` val images: image | ground truth | prediction."""
+    from PIL import Image
+
+    from ..viz.instances import comparison_panel
+    from .instance_inference import infer_instances
+    out = trainer.run_dir / "pictures"
+    out.mkdir(exist_ok=True)
+    written = []
+    for i in range(min(count, len(trainer.val_set))):
+        image, gt = trainer.val_set.get(i)
+        res = infer_instances(trainer.model, trainer.val_set[i]["image"], trainer.infer_cfg, trainer.prec)
+        path = out / f"{trainer.val_set.sample_name(i).replace('/', '_')}.png"
+        Image.fromarray(comparison_panel(image, gt, res["ids"])).save(path)
+        written.append(path)
+    return written
 
 
 def threading_is_main() -> bool:

@@ -13,9 +13,12 @@ from .attention_to_scale import attention_to_scale
 from .base import SegmentationModel
 from .deconvnet import deconvnet_vgg16
 from .deeplab_largefov import deeplab_largefov_vgg16
+from .discriminative_embedding import discriminative_embedding
 from .farabet import farabet
 from .fcn import fcn_resnet, fcn_vgg16
 from .flanet import flanet
+from .fg_boundary_watershed import fg_boundary_watershed
+from .instance_base import InstanceModel
 from .recurrent_refinement import recurrent_refinement
 from .segaware import segaware, segaware_crf
 
@@ -56,6 +59,18 @@ for _name, _base, _ew in (("deeplab_largefov_vgg16", "deeplab_largefov_vgg16", 1
                           ("dilated_resnet50", "dilated_resnet50_none", 1.0)):
     MODELS[f"segaware_{_name}"] = partial(segaware, base=_base, embedding_width=_ew)
     MODELS[f"segaware_{_name}_crf"] = partial(segaware, base=_base, embedding_width=_ew, crf=True)
+# Proposal-free instance baselines (task "instances"): a U-Net with foreground + boundary heads and watershed
+# (the DSB2018 winners' recipe), and with a discriminative embedding and mean shift (De Brabandere et al. 2017)
+MODELS["unet_watershed"] = fg_boundary_watershed
+MODELS["unet_watershed_w16"] = partial(fg_boundary_watershed, width=16)
+MODELS["unet_discriminative"] = discriminative_embedding
+MODELS["unet_discriminative_w16"] = partial(discriminative_embedding, width=16)
+INSTANCE_MODELS = ("unet_watershed", "unet_watershed_w16", "unet_discriminative", "unet_discriminative_w16")
+
+
+def model_task(name: str) -> str:
+    """"semantic" or "instances": what a registered model predicts."""
+    return "instances" if name in INSTANCE_MODELS else "semantic"
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> SegmentationModel:
@@ -99,4 +114,4 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-__all__ = ["MODELS", "create_model", "list_models", "model_options", "check_kwargs", "SegmentationModel"]
+__all__ = ["MODELS", "INSTANCE_MODELS", "InstanceModel", "model_task", "create_model", "list_models", "model_options", "check_kwargs", "SegmentationModel"]

@@ -49,9 +49,12 @@ def watershed_instances(fg: np.ndarray, boundary: np.ndarray, fg_threshold: floa
 
 
 def cluster_embeddings(emb: np.ndarray, fg: np.ndarray, bandwidth: float = 0.5, fg_threshold: float = 0.5,
-                       min_size: int = 8, max_pixels: int = 20000, seed: int = 0) -> np.ndarray:
+                       min_size: int = 8, max_pixels: int = 20000, seed: int = 0,
+                       split_components: bool = False) -> np.ndarray:
     """emb: (D, H, W) embedding; fg: (H, W) foreground probability. Mean shift (bandwidth δ_v) on up to
-    ``max_pixels`` sampled foreground pixels; every foreground pixel joins its nearest cluster centre."""
+    ``max_pixels`` sampled foreground pixels; every foreground pixel joins its nearest cluster centre.
+    ``split_components``: a cluster made of several connected regions (8-connectivity) becomes one instance per
+    region."""
     from sklearn.cluster import MeanShift
     emb, fg = np.asarray(emb, np.float64), np.asarray(fg)
     if emb.ndim != 3 or emb.shape[1:] != fg.shape:
@@ -67,4 +70,13 @@ def cluster_embeddings(emb: np.ndarray, fg: np.ndarray, bandwidth: float = 0.5, 
     centres = MeanShift(bandwidth=bandwidth, bin_seeding=True).fit(fit).cluster_centers_      # (C, D)
     nearest = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
     ids[mask] = nearest + 1
+    if split_components:
+        from scipy import ndimage
+        parts = np.zeros_like(ids)
+        offset = 0
+        for k in range(1, len(centres) + 1):
+            comp, n = ndimage.label(ids == k, structure=np.ones((3, 3)))
+            parts[comp > 0] = comp[comp > 0] + offset
+            offset += n
+        ids = parts
     return _relabel(ids, min_size)

@@ -14,8 +14,9 @@
     POST /api/attention   JSON {"token", "y", "x"}: the pictures of one query pixel of an earlier prediction
                           (kept for the last ``cache_size`` predictions), without a second upload
 
-A model's response names its kind (``semantic``: class ids; instance models answer ``instance`` with their own
-list of instances) and its own named attention pictures, so every model family plugs into the same page.
+A model's response names its kind (``semantic``: class ids; instance models answer ``instance`` with
+"instances" [{"id", "label", "class", "score", "box", "area", "mask" (COCO RLE)}], "count", a 16-bit ``ids_png``,
+uint16 ``ids_raw`` and one palette colour and stats row per instance) and its own named attention pictures, so every model family plugs into the same page.
 
 Bad requests get a 4xx and ``{"error": "<plain sentence>"}``: an empty, truncated or non-image upload, an upload
 over ``max_upload_bytes`` (checked while the body arrives, before it is parsed) or over ``max_pixels`` (checked
@@ -250,12 +251,12 @@ def predict_response(hub: ModelHub, name: str, predictor, image: np.ndarray, que
     finally:
         hub.running(name, -1)
     H, W = result.ids.shape
-    out = {"kind": "semantic", "model": name, "width": W, "height": H, "classes": result.classes,
-           "palette": [list(c) for c in result.palette], "ids_png": ids_png_base64(result.ids, result.spec),
-           "stats": result.class_stats(), "inference": result.inference, "notes": list(result.notes),
-           "token": hub.keep(name, result)}
-    if raw_ids:
-        out["ids_raw"] = base64.b64encode(np.ascontiguousarray(result.ids, dtype=np.uint8).tobytes()).decode("ascii")
+    if getattr(result, "kind", "semantic") == "instance":
+        out = instance_response(result, name, raw_ids)
+        out["token"] = hub.keep(name, result)
+    else:
+        out = semantic_response(result, name, raw_ids)
+        out["token"] = hub.keep(name, result)
     if result.attention is not None:
         pictures, notes = result.attention.pictures(query)
         out["attention"] = {"needs_query": result.attention.needs_query, "pictures": pictures_json(pictures),
@@ -266,6 +267,46 @@ def predict_response(hub: ModelHub, name: str, predictor, image: np.ndarray, que
             if predictor.backend != "torch" else "attention was not asked for"]}
     out["timing_ms"] = {**{k: round(v, 2) for k, v in result.timing_ms.items()},
                         "server": round(1000 * (time.perf_counter() - t0), 2)}
+    return out
+
+
+def instance_response(result, name: str, raw_ids: bool) -> dict:
+    """An instance model's answer: ``kind: "instance"``, the instances (id, class, score, box, area, RLE mask),
+    ``ids_png`` a 16-bit PNG of the id map, ``ids_raw`` (with raw_ids) base64 uint16 little-endian H*W, and per
+    instance a colour (``palette[id]``; ``palette[0]`` null: the background is not tinted) and a ``stats`` row, so
+    the page's overlay, legend and hover work as for classes."""
+    from PIL import Image
+
+    from ..viz.instances import instance_colours
+    H, W = result.ids.shape
+    if result.ids.max(initial=0) > 65535:
+        raise RequestError(422, f"{int(result.ids.max())} instances do not fit the page's 16-bit id map")
+    data = result.to_json()
+    colours = instance_colours(int(result.ids.max(initial=0))).tolist()
+    total = max(H * W, 1)
+    stats = [{"id": r["id"], "name": f"{r['class']} {r['id']}", "color": colours[r["id"]], "pixels": r["area"],
+              "share": r["area"] / total, "confidence": r["score"]} for r in data["instances"]]
+    names = ["background"] + [""] * int(result.ids.max(initial=0))
+    for r in stats:
+        names[r["id"]] = r["name"]
+    buf = io.BytesIO()
+    Image.fromarray(result.ids.astype(np.uint16)).save(buf, format="PNG", compress_level=1)
+    out = {"kind": "instance", "model": name, "width": W, "height": H, "classes": names,
+           "palette": [None] + colours[1:], "ids_png": base64.b64encode(buf.getvalue()).decode("ascii"),
+           "count": data["count"], "instances": data["instances"], "instance_classes": data["classes"],
+           "stats": stats, "inference": result.inference, "notes": list(result.notes)}
+    if raw_ids:
+        out["ids_raw"] = base64.b64encode(np.ascontiguousarray(result.ids, dtype="<u2").tobytes()).decode("ascii")
+    return out
+
+
+def semantic_response(result, name: str, raw_ids: bool) -> dict:
+    H, W = result.ids.shape
+    out = {"kind": "semantic", "model": name, "width": W, "height": H, "classes": result.classes,
+           "palette": [list(c) for c in result.palette], "ids_png": ids_png_base64(result.ids, result.spec),
+           "stats": result.class_stats(), "inference": result.inference, "notes": list(result.notes)}
+    if raw_ids:
+        out["ids_raw"] = base64.b64encode(np.ascontiguousarray(result.ids, dtype=np.uint8).tobytes()).decode("ascii")
     return out
 
 

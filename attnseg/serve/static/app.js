@@ -41,9 +41,11 @@ async function loadModels() {
 function describeModel() {
   const m = state.models.find((x) => x.name === $("model").value);
   if (!m) { $("model-info").textContent = ""; return; }
-  const parts = [m.model, `${m.classes.length} classes`];
+  const instances = m.task === "instances";
+  const parts = [m.model, instances ? `instances of ${m.classes.slice(1).join(", ")}` : `${m.classes.length} classes`];
   if (m.num_params) parts.push(`${(m.num_params / 1e6).toFixed(2)} M parameters`);
   if (m.metrics && m.metrics.mIoU !== undefined) parts.push(`val mIoU ${(100 * m.metrics.mIoU).toFixed(2)} %`);
+  if (m.metrics && m.metrics.DSB !== undefined) parts.push(`val DSB score ${m.metrics.DSB.toFixed(3)}`);
   if (m.step) parts.push(`${m.step} steps`);
   parts.push(m.backend, m.precision, m.inference);
   $("model-info").textContent = parts.join(" · ");
@@ -87,14 +89,17 @@ async function predict(file) {
     showError("the browser cannot draw this image, but the server predicted it: the downloads below still work");
   }
   state.result = body;
-  state.ids = decodeBase64(body.ids_raw);
+  const raw = decodeBase64(body.ids_raw);
+  // instance models send uint16 little-endian ids (one per instance), semantic models uint8 class ids
+  state.ids = body.kind === "instance" ? new Uint16Array(raw.buffer, 0, raw.length / 2) : raw;
   state.query = null;
   setupCanvas(bitmap, body);
   $("timing").textContent = `model ${body.timing_ms.inference.toFixed(0)} ms · server ${body.timing_ms.server.toFixed(0)} ms` +
     ` · round trip ${roundTrip.toFixed(0)} ms · ${body.width}×${body.height} · ${body.inference}`;
   renderLegend(body);
   renderDownloads(body);
-  $("notes").textContent = (body.notes || []).join(" ");
+  const found = body.kind === "instance" ? [`${body.count} instances found.`] : [];
+  $("notes").textContent = found.concat(body.notes || []).join(" ");
   renderAttention(body.attention, false);
   $("result").hidden = false;
 }
@@ -164,7 +169,8 @@ function onHover(event) {
   if (!p) return;
   const id = state.ids[p[0] * state.result.width + p[1]];
   const name = state.result.classes[id];
-  $("hover").textContent = `(${p[0]}, ${p[1]}): ${id} ${name}`;
+  $("hover").textContent = state.result.kind === "instance"
+    ? `(${p[0]}, ${p[1]}): ${id ? name : "background"}` : `(${p[0]}, ${p[1]}): ${id} ${name}`;
   const row = document.querySelector(`#legend tr[data-id="${id}"]`);
   if (row) row.classList.add("hover");
 }
@@ -194,6 +200,8 @@ async function onClick(event) {
 }
 
 function renderLegend(body) {
+  const head = body.kind === "instance" ? ["instance", "share", "score"] : ["class", "share", "confidence"];
+  document.querySelector("#legend thead").innerHTML = "<tr><th></th>" + head.map((h) => `<th>${h}</th>`).join("") + "</tr>";
   const tbody = document.querySelector("#legend tbody");
   tbody.innerHTML = "";
   for (const s of body.stats) {
@@ -202,14 +210,14 @@ function renderLegend(body) {
     const conf = Number.isFinite(s.confidence) ? s.confidence.toFixed(2) : "";
     tr.innerHTML = `<td><span class="swatch" style="background: rgb(${s.color.join(",")})"></span></td>` +
       `<td></td><td>${percent(s.share)}</td><td>${conf}</td>`;
-    tr.children[1].textContent = `${s.id} ${s.name}`;
+    tr.children[1].textContent = body.kind === "instance" ? s.name : `${s.id} ${s.name}`;
     tbody.appendChild(tr);
   }
 }
 
 function renderDownloads(body) {
   $("dl-ids").href = "data:image/png;base64," + body.ids_png;
-  $("dl-ids").download = `${state.fileName}_ids.png`;
+  $("dl-ids").download = body.kind === "instance" ? `${state.fileName}_instances.png` : `${state.fileName}_ids.png`;
   const off = document.createElement("canvas");
   off.width = body.width; off.height = body.height;
   const updateOverlay = () => {
@@ -219,8 +227,11 @@ function renderDownloads(body) {
   $("dl-overlay").onclick = updateOverlay;
   updateOverlay();
   $("dl-overlay").download = `${state.fileName}_overlay.png`;
-  const summary = { model: body.model, width: body.width, height: body.height, classes: body.classes,
-    palette: body.palette, stats: body.stats, timing_ms: body.timing_ms, inference: body.inference };
+  const summary = body.kind === "instance"
+    ? { kind: "instance", model: body.model, width: body.width, height: body.height, classes: body.instance_classes,
+        count: body.count, instances: body.instances, timing_ms: body.timing_ms, inference: body.inference }
+    : { model: body.model, width: body.width, height: body.height, classes: body.classes,
+        palette: body.palette, stats: body.stats, timing_ms: body.timing_ms, inference: body.inference };
   const blob = new Blob([JSON.stringify(summary, null, 1)], { type: "application/json" });
   $("dl-json").href = URL.createObjectURL(blob);
   $("dl-json").download = `${state.fileName}.json`;
