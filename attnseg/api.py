@@ -398,7 +398,7 @@ class Predictor:
 def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb: float | None = None,
          mode: str | None = None, crop=None, stride=None, scales=None, flip: bool | None = None,
          test_scale: float | None = None, threads: int | None = None, tile: int | None = None,
-         overlap: int | None = None, max_side: int | None = None):
+         overlap: int | None = None, max_side: int | None = None, post: dict | None = None):
     """Load a trained model for prediction.
 
     Args:
@@ -413,8 +413,11 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
         tile, overlap, max_side: instance models (``attnseg.api_instances.InstancePredictor``, which ``load``
             returns for them): images with a side above ``max_side`` are predicted in ``tile``-pixel tiles
             overlapping by ``overlap`` and merged (defaults: the checkpoint's).
+        post: instance models: post-processing settings to change, e.g. ``{"seed_threshold": 0.6}``
+            (``InstanceModel.set_post``; unknown names are refused with the valid ones).
     """
     tiles = {"tile": tile, "overlap": overlap, "max_side": max_side}
+    instance_only = {**tiles, "post": post}
     from .engine.precision import Precision, resolve_device
     overrides = {"mode": mode, "crop": crop, "stride": stride, "scales": scales, "flip": flip,
                  "test_scale": test_scale}
@@ -429,7 +432,7 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
             from .api_instances import InstancePredictor, OnnxInstanceModel
             return InstancePredictor(OnnxInstanceModel(model), model.meta, device=cpu,
                                      precision=Precision(cpu, None, False), backend="onnx", source=str(path),
-                                     test_scale=test_scale, **tiles)
+                                     test_scale=test_scale, post=post, **tiles)
         return Predictor(model, model.meta, device=cpu, precision=Precision(cpu, None, False), backend="onnx",
                          source=str(path), max_memory_gb=max_memory_gb, inference=overrides)
     from .engine.checkpoint import load_model
@@ -442,9 +445,9 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
             raise ValueError(f"{meta['model']} is an instance model: it takes test_scale (and tiles large images "
                              "itself), not mode, crop, stride, scales or flip")
         return InstancePredictor(prec.model(model), meta, device=dev, precision=prec, backend="torch",
-                                 source=str(path), test_scale=test_scale, **tiles)
-    if any(v is not None for v in tiles.values()):
-        raise ValueError(f"tile, overlap and max_side apply to instance models; {meta['model']} is semantic (it "
+                                 source=str(path), test_scale=test_scale, post=post, **tiles)
+    if any(v is not None for v in instance_only.values()):
+        raise ValueError(f"tile, overlap, max_side and post apply to instance models; {meta['model']} is semantic (it "
                          "takes mode='slide' with crop and stride)")
     return Predictor(prec.model(model), meta, device=dev, precision=prec, backend="torch", source=str(path),
                      max_memory_gb=max_memory_gb, inference=overrides)

@@ -42,15 +42,16 @@ class InstanceAttention:
         from .viz.instances import instance_picture
         from .viz.overlay import blend_heatmap
         from .viz.pictures import Picture
+        no_query = "instance models have no per-pixel attention; their maps do not depend on a query pixel"
         if query_only:
-            return [], ["instance models have no per-pixel attention; their maps do not depend on a query pixel"]
+            return [], [no_query]
         pics = []
         for name, m in self.maps.items():
             title = {"fg": "foreground probability", "boundary": "boundary probability"}.get(
                 name, name.replace("_", " "))
             pics.append(Picture(f"attn_{name}", title, blend_heatmap(self.image, np.asarray(m, np.float32))))
         pics.append(Picture("instance_colours", f"{int(self.ids.max(initial=0))} instances", instance_picture(self.ids)))
-        return pics, []
+        return pics, ([no_query] if query else [])
 
 
 @dataclass
@@ -136,7 +137,7 @@ class InstancePredictor:
 
     def __init__(self, model, meta: dict, *, device, precision, backend: str = "torch", source: str = "",
                  max_side: int | None = None, tile: int | None = None, overlap: int | None = None,
-                 test_scale: float | None = None):
+                 test_scale: float | None = None, post: dict | None = None):
         from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from .engine.instance_inference import InstanceInferenceConfig
         self.model, self.meta, self.device, self.precision = model, meta, device, precision
@@ -155,7 +156,14 @@ class InstancePredictor:
         if not c.test_scale > 0 or c.tile < 16 or not 0 <= c.overlap < c.tile or c.max_side < c.tile:
             raise ValueError(f"instance inference needs test_scale > 0, tile >= 16, 0 <= overlap < tile and "
                              f"max_side >= tile; got {c}")
+        if post:
+            (self.model.post if backend == "onnx" else self.model).set_post(**post)
         self.lock = threading.Lock()
+
+    @property
+    def post(self) -> dict:
+        """The post-processing settings in force (thresholds of the watershed, mean-shift bandwidth, ...)."""
+        return dict((self.model.post if self.backend == "onnx" else self.model).post)
 
     @property
     def name(self) -> str:
@@ -192,7 +200,7 @@ class InstancePredictor:
                 "inference": self.inference.describe(),
                 "metrics": {k: m[k] for k in ("DSB", "AP", "AP50", "SBD", "|DiC|") if isinstance(m.get(k), (int, float))},
                 "step": self.meta.get("step"), "data": (self.meta.get("config") or {}).get("data"),
-                "attention": True}
+                "post": self.post, "attention": True}
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1).float()

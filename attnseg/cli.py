@@ -215,7 +215,18 @@ def cmd_eval(args) -> int:
 
 def _tile_overrides(args) -> dict:
     return {"test_scale": getattr(args, "test_scale", None), "tile": getattr(args, "tile", None),
-            "overlap": getattr(args, "tile_overlap", None), "max_side": getattr(args, "max_side", None)}
+            "overlap": getattr(args, "tile_overlap", None), "max_side": getattr(args, "max_side", None),
+            "post": getattr(args, "post", None)}
+
+
+def _post_settings(text: str) -> dict:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"takes key=value[,key=value], e.g. seed_threshold=0.6; not {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def eval_instances(args, model, meta: dict, prec) -> int:
@@ -226,7 +237,7 @@ def eval_instances(args, model, meta: dict, prec) -> int:
     from .data import build_dataset, task_of
     from .engine.instance_inference import evaluate_instances
     from .metrics.report import format_instance_table, save_instance_metrics
-    semantic_flags = [f for f in ("mode", "crop", "stride", "tta") if getattr(args, f, None)]
+    semantic_flags = [f for f in ("mode", "crop", "stride", "tta") if getattr(args, f, None) is not None]
     if semantic_flags:
         flags = ", ".join(f"--{f}" for f in semantic_flags)
         raise ValueError(f"{meta['model']} is an instance model: {flags} "
@@ -236,7 +247,8 @@ def eval_instances(args, model, meta: dict, prec) -> int:
     if task_of(ds) != "instances":
         raise ValueError(f"{meta['model']} is an instance model but {args.data} is a semantic dataset; give an "
                          "instance dataset (dsb2018:, cvppp:, coco:, instances:, nuclei:, rosettes:)")
-    icfg = InstancePredictor(model, meta, device=prec.device, precision=prec, **_tile_overrides(args)).inference
+    predictor = InstancePredictor(model, meta, device=prec.device, precision=prec, **_tile_overrides(args))
+    icfg = predictor.inference
     n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
     t = time.time()
     with tqdm(total=n, unit="img", desc="eval", dynamic_ncols=True, disable=args.no_progress,
@@ -244,12 +256,13 @@ def eval_instances(args, model, meta: dict, prec) -> int:
         summary, rows = evaluate_instances(model, ds, icfg, prec, args.max_images, progress=bar.update)
     dt = time.time() - t
     print(f"{args.data} [{args.split}], {n} images, inference {icfg.describe()}, {prec.name}, {dt:.1f} s "
-          f"({summary['s_per_image']:.3f} s per image)")
+          f"({summary['s_per_image']:.3f} s per image); post-processing "
+          + ", ".join(f"{k}={v}" for k, v in predictor.post.items()))
     print(format_instance_table(summary))
     if args.out:
         save_instance_metrics(args.out, summary, rows, extra={
             "checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
-            "inference": icfg.describe(), "precision": prec.name, "seconds": round(dt, 2)})
+            "inference": icfg.describe(), "precision": prec.name, "seconds": round(dt, 2), "post": predictor.post})
         print(f"metrics written to {args.out} (metrics.json, per_image.csv)")
     return 0
 
@@ -420,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instance models: tile overlap, more than the largest object (default: the checkpoint's)")
         q.add_argument("--max-side", type=_positive(int), metavar="PX",
                        help="instance models: images with a longer side are tiled (default: the checkpoint's)")
+        q.add_argument("--post", type=_post_settings, metavar="K=V[,K=V]",
+                       help="instance models: post-processing settings, e.g. seed_threshold=0.6,boundary_threshold=0.4")
         q.add_argument("--device", default="auto")
         q.add_argument("--precision", default="auto")
 

@@ -273,6 +273,7 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     cfg = meta.get("config") or {}
     names = list(meta["classes"].get("names", []))
     K = len(names)
+    instances = meta.get("task") == "instances"
     missing: list[str] = []
     log = read_log(run / "log.jsonl") if run is not None and (run / "log.jsonl").is_file() else []
     start = next((r for r in reversed(log) if r.get("kind") == "start"), {})
@@ -282,7 +283,7 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
 
     # metrics: the checkpoint's own (they belong to these weights), else the run's files
     metrics, metrics_src = meta.get("metrics"), f"the checkpoint's metadata (validation at step {meta.get('step')})"
-    if not metrics and run is not None and (run / "metrics.json").is_file():
+    if (not metrics or instances) and run is not None and (run / "metrics.json").is_file():
         metrics, metrics_src = json.loads((run / "metrics.json").read_text()), f"{_code('metrics.json')} of the run"
     if not metrics and run is not None and (run / "per_class.csv").is_file():
         metrics, metrics_src = read_per_class_csv(run / "per_class.csv"), f"{_code('per_class.csv')} of the run"
@@ -294,6 +295,9 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     summary = f"`{meta['model']}` trained by attnseg"
     if cfg.get("data"):
         summary += f" on `{cfg['data']}`"
+    if instances and metrics and metrics.get("DSB") is not None:
+        summary += (f": DSB score **{metrics['DSB']:.3f}**, SBD {_pct(metrics.get('SBD'), 1)}, |DiC| "
+                    f"{metrics.get('|DiC|', float('nan')):.2f} on the {data.get('protocol_name', 'validation split')}")
     if miou is not None:
         summary += f": **{_pct(miou)} % mIoU** on the {data.get('protocol_name', 'validation split')}"
     if meta.get("step") is not None:
@@ -326,7 +330,8 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     if n_params is None and model is not None:
         n_params = sum(p.numel() for p in model.parameters())
     if n_params is not None:
-        L.append(f"- parameters: {n_params / 1e6:.2f} M ({n_params:,}), K = {K} classes")
+        L.append(f"- parameters: {n_params / 1e6:.2f} M ({n_params:,}), "
+                 + (f"instances of {', '.join(names[1:])}" if instances else f"K = {K} classes"))
     crop = cfg.get("crop")
     if crop:
         gf, problem = _gflops(meta, crop)
@@ -360,7 +365,9 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
             L.append(f"- images: {start['train_images']} for training, {start.get('val_images')} for validation")
     else:
         missing.append("the data spec: the metadata holds no config")
-    if names:
+    if names and instances:
+        L.append(f"- instances of {', '.join(names[1:])}: instance id maps, 0 = background")
+    elif names:
         ign = meta["classes"].get("ignore_index", 255)
         L.append(f"- classes ({K}): {', '.join(names)}; label {ign} is ignored")
     pre = meta.get("preprocessing") or {}
@@ -404,9 +411,10 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
               f"- batch: {cfg.get('batch_size')} per process x {world} process(es); crop {cfg.get('crop')}, "
               f"base_scale {cfg.get('base_scale'):g}, random scale {cfg.get('scale_range')}, flip "
               f"{_onoff(cfg.get('flip'))}, photometric jitter {_onoff(cfg.get('jitter'))}",
-              f"- loss: cross-entropy, class weights {cfg.get('class_weights') or 'none'}"
-              + (f" ^ {cfg.get('class_weight_power'):g}" if cfg.get("class_weights") else "")
-              + f", aux weight {cfg.get('aux_weight'):g}, label smoothing {cfg.get('label_smoothing'):g}",
+              ("- loss: the model's own (see its paper and module docstring)" if instances else
+               f"- loss: cross-entropy, class weights {cfg.get('class_weights') or 'none'}"
+               + (f" ^ {cfg.get('class_weight_power'):g}" if cfg.get("class_weights") else "")
+               + f", aux weight {cfg.get('aux_weight'):g}, label smoothing {cfg.get('label_smoothing'):g}"),
               f"- precision: {meta.get('precision', cfg.get('precision'))} (config: {cfg.get('precision')}); "
               f"seed {cfg.get('seed')}; deterministic algorithms {_onoff(cfg.get('deterministic'))}"
               + (f"; device {start['device']}, {start.get('threads')} threads" if start.get("device") else ""), ""]
@@ -415,7 +423,12 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
 
     # -- results
     L += ["## Results", ""]
-    if metrics and metrics.get("IoU") is not None:
+    if instances and metrics and metrics.get("DSB") is not None:
+        from .metrics.report import format_instance_table
+        head = f"From {metrics_src}" + (f", {data['protocol_name']}" if data.get("protocol_name") else "")
+        L += [head + " (scores in %, counts as numbers; METHODS.md §4.6 defines them):", "", "```",
+              format_instance_table(metrics), "```", ""]
+    elif metrics and metrics.get("IoU") is not None:
         iou, acc = list(metrics.get("IoU") or []), list(metrics.get("Acc") or [])
         cls = names if len(names) == len(iou) else list(metrics.get("classes") or [f"class {i}" for i in
                                                                                     range(len(iou))])
@@ -442,7 +455,16 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     else:
         missing.append("the learning-curve picture: " + ("no learning_curve.png in the run directory" if run
                                                          else "a checkpoint file alone has none"))
-    if vals:
+    if vals and instances:
+        L += ["| step | epoch | train min | val images | train loss | DSB | SBD % | abs DiC |", "|---|---|---|---|---|---|---|---|"]
+        for v in vals:
+            loss = next((t.get("loss") for t in reversed(trains) if t.get("step", 0) <= v.get("step", 0)), None)
+            dsb, dic = v.get("DSB"), v.get("|DiC|")
+            L.append(f"| {v.get('step')} | {v.get('epoch')} | {v.get('elapsed', 0) / 60:.1f} | {v.get('images')} | "
+                     f"{'-' if loss is None else f'{loss:.3f}'} | {'-' if dsb is None else f'{dsb:.3f}'} | "
+                     f"{_pct(v.get('SBD'), 1)} | {'-' if dic is None else f'{dic:.2f}'} |")
+        L.append("")
+    elif vals:
         L += ["| step | epoch | train min | val images | train loss | mIoU | aAcc |", "|---|---|---|---|---|---|---|"]
         for v in vals:
             loss = next((t.get("loss") for t in reversed(trains) if t.get("step", 0) <= v.get("step", 0)), None)

@@ -87,9 +87,12 @@ def parse_options(pairs: list[str] | None) -> dict:
 
 # -- running on meta -------------------------------------------------------------------------------------------------
 def build(name: str, num_classes: int, device: str = "meta", **kwargs) -> torch.nn.Module:
-    """The registered model ``name`` in eval mode on ``device`` (initial-weight files dropped)."""
-    from .models import create_model
+    """The registered model ``name`` in eval mode on ``device`` (initial-weight files dropped). Instance models are
+    built with their one instance class whatever ``num_classes`` says (it counts semantic classes)."""
+    from .models import create_model, model_task
     kwargs = {k: v for k, v in kwargs.items() if k not in INIT_WEIGHT_KWARGS}
+    if model_task(name) == "instances":
+        num_classes = 1
     with torch.device(device):
         model = create_model(name, num_classes=num_classes, **kwargs)
     return model.eval()
@@ -188,6 +191,9 @@ def model_info(name: str, size=DEFAULT_SIZE, num_classes: int = 21, batch: int =
     from .engine.memory import estimate_inference_bytes, weight_bytes
     H, W = parse_size(size)
     num_classes = _positive_int(num_classes, "--num-classes")
+    from .models import model_task
+    if model_task(name) == "instances":  # one instance class (K counts semantic classes)
+        num_classes = 1
     batch = _positive_int(batch, "--batch")
     shape = (batch, 3, H, W)
     device, fallback = "meta", None

@@ -47,7 +47,7 @@ from common import emit, jsonable, machine_info, parse_size, set_threads  # noqa
 
 from attnseg.engine.precision import Precision, cpu_has_native_bf16  # noqa: E402
 from attnseg.model_info import model_info  # noqa: E402
-from attnseg.models import MODELS, create_model  # noqa: E402
+from attnseg.models import MODELS, create_model, model_task  # noqa: E402
 
 SIZE = (360, 480)
 NUM_CLASSES = 11
@@ -178,7 +178,9 @@ def images_per_second(model, prec: Precision, x: torch.Tensor, repeats: int) -> 
         for i in range(repeats + 1):
             t = time.perf_counter()
             with prec.autocast():
-                model(xi)["logits"].float()
+                out = model(xi)
+                # an instance model's network output: its dense maps (the post-processing is not timed here)
+                (out["logits"] if "logits" in out else torch.cat(list(out.values()), 1)).float()
             if i:
                 times.append(time.perf_counter() - t)
     return 1.0 / statistics.median(times), times
@@ -196,7 +198,7 @@ def cpu_name() -> str:
 
 def measure_speed(name: str, repeats: int, bf16: bool) -> dict:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=NUM_CLASSES).eval()
+    model = create_model(name, num_classes=1 if model_task(name) == "instances" else NUM_CLASSES).eval()
     x = torch.randn(1, 3, *SIZE)
     row = {}
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):
@@ -278,6 +280,8 @@ def render_markdown(doc: dict) -> str:
         else:
             fp32 = bf16 = "not measured yet"
         trained = "<br>".join(f"**{t['miou']}** ({t['protocol']}, {t['budget']}; {section_link(t['section'])})"
+                              if "miou" in t else
+                              f"{t['figure']} ({t['protocol']}, {t['budget']}; {section_link(t['section'])})"
                               for t in r.get("trained", [])) or "not trained here yet"
         train = f"`attnseg train configs/{cfg}`" if cfg else "-"
         if r.get("base_config"):  # a refinement stage on the weights of another run: that run first

@@ -8,7 +8,7 @@ import yaml
 
 from attnseg.engine.checkpoint import INIT_WEIGHT_KWARGS
 from attnseg.engine.config import load_config
-from attnseg.models import MODELS, create_model
+from attnseg.models import MODELS, create_model, model_task
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -37,5 +37,5 @@ def test_config_loads_and_builds_on_meta(path):
     assert text.startswith("#"), "a config says in a comment what it trains"
     kwargs = {k: v for k, v in cfg.model_kwargs.items() if k not in INIT_WEIGHT_KWARGS}
     with torch.device("meta"):
-        model = create_model(cfg.model, num_classes=11, **kwargs)
+        model = create_model(cfg.model, num_classes=1 if model_task(cfg.model) == "instances" else 11, **kwargs)
     assert sum(p.numel() for p in model.parameters()) > 0

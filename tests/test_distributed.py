@@ -56,3 +56,20 @@ def test_convert_batchnorm_shares_parameters_and_is_bn_alone():
     x = torch.randn(2, 3, 8, 8)
     assert torch.allclose(conv(x), ref(x), atol=1e-6)  # no process group: plain batch norm
     assert torch.allclose(conv[1].running_mean, ref[1].running_mean)
+
+
+def test_instance_model_two_processes_match_one(tmp_path):
+    """The instance path under torchrun: the model's own loss over 2 x 2 images follows 1 x 4 (fp32), and the
+    final validation gathers every rank's images into the same metrics."""
+    args = ["model=unet_watershed_w16", "model_kwargs={width: 8, depth: 2}", "data=nuclei:n=8,size=48x48,count=2-6",
+            "crop=[48,48]", "scale_range=[1.0,1.0]", "iters=3", "warmup_iters=1", "val_interval=0", "ckpt_interval=0",
+            "log_interval=1", "workers=0", "progress=false", "deterministic=true", "precision=fp32", "jitter=false"]
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535", "-m",
+         "attnseg", "train", *args, f"run_dir={tmp_path / 'two'}", "batch_size=2"], tmp_path)
+    run([sys.executable, "-m", "attnseg", "train", *args, f"run_dir={tmp_path / 'one'}", "batch_size=4"], tmp_path)
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(one) == len(two) == 3 and two == pytest.approx(one, rel=1e-4)
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m1["images"] == m2["images"] == 8
+    for key in ("DSB", "SBD", "|DiC|", "fgDice"):
+        assert m2[key] == pytest.approx(m1[key], abs=1e-3), key

@@ -183,6 +183,9 @@ def check_spec(spec: str) -> None:
     """Raise DataError for a spec that no split could fix: an unknown kind or a reader option it does not take."""
     kind, root = parse_data_spec(spec)
     module = importlib.import_module(READERS[kind].partition(":")[0])
+    if hasattr(module, "parse_instance_options"):   # nuclei: / rosettes: (one module, the kind passed along)
+        module.parse_instance_options(kind, root)
+        return
     for name in ("parse_root", "parse_options"):
         if hasattr(module, name):
             getattr(module, name)(root)

@@ -154,6 +154,8 @@ def parse_instance_options(kind: str, root: str) -> dict:
             out[key] = OPTIONS[key](value.strip())
         except ValueError as e:
             raise DataError(f"{kind} option {item!r}: cannot read {value!r} ({e})") from None
+    if "size" in out and min(out["size"]) < 16:
+        raise DataError(f"{kind} option size={out['size'][0]}x{out['size'][1]} is too small; use at least 16x16")
     if "count" in out and not 1 <= out["count"][0] <= out["count"][1]:
         raise DataError(f"{kind} option count={root.split('count=')[1].split(',')[0]}: give lo-hi with 1 <= lo <= hi")
     return out

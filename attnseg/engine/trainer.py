@@ -93,6 +93,11 @@ def inference_config(cfg: TrainConfig) -> InferenceConfig:
                            flip=cfg.eval_flip, test_scale=test_scale)
 
 
+#: what best.safetensors may be selected by (|DiC|, AvgFP and AvgFN: lower is better)
+SEMANTIC_VAL_METRICS = ("mIoU", "aAcc", "mAcc")
+INSTANCE_VAL_METRICS = ("DSB", "SBD", "|DiC|", "fgDice", "PQ", "AP", "AP50", "AP75", "MWCov", "MUCov")
+
+
 def instance_inference_config(cfg: TrainConfig) -> InstanceInferenceConfig:
     test_scale = cfg.test_scale if cfg.test_scale is not None else cfg.base_scale
     return InstanceInferenceConfig(test_scale=test_scale, max_side=cfg.tile_max_side, tile=cfg.tile_size,
@@ -238,6 +243,9 @@ class Trainer:
         self.class_weights = class_weights_for(cfg, self.train_set, self.run_dir)
         self.infer_cfg = inference_config(cfg)
         self.val_metric = cfg.val_metric or "mIoU"
+        if self.val_metric not in SEMANTIC_VAL_METRICS:
+            raise ValueError(f"val_metric {self.val_metric!r} is not computed for semantic models; choose one of "
+                             f"{', '.join(SEMANTIC_VAL_METRICS)}")
 
     def _setup_instance_data(self):
         """Instance datasets: id-keeping augmentation, the model's own loss, instance metrics at validation."""
@@ -261,6 +269,15 @@ class Trainer:
         self.class_weights = None
         self.infer_cfg = instance_inference_config(cfg)
         self.val_metric = cfg.val_metric or "DSB"
+        if self.val_metric not in INSTANCE_VAL_METRICS:
+            raise ValueError(f"val_metric {self.val_metric!r} is not an instance metric; choose one of "
+                             f"{', '.join(INSTANCE_VAL_METRICS)}")
+        semantic = [k for k, default in (("eval_mode", "whole"), ("eval_scales", (1.0,)), ("eval_flip", False),
+                                         ("eval_crop", None), ("eval_stride", None))
+                    if getattr(cfg, k) != default]
+        if semantic:
+            raise ValueError(f"{', '.join(semantic)} set the semantic inference modes; {cfg.model} is an instance "
+                             "model: it tiles large images by tile_max_side, tile_size and tile_overlap")
 
     # -- state -------------------------------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -420,8 +437,8 @@ class Trainer:
                   f"aAcc {100 * metrics['aAcc']:.2f} mAcc {100 * metrics['mAcc']:.2f} ({rec['images']} images, "
                   f"{rec['mode']}, {metrics['eval_s']} s)", flush=True)
         self.last_metrics = {k: metrics[k] for k in ("aAcc", "mIoU", "mAcc", "IoU", "Acc")}
-        if self.main and metrics["mIoU"] > self.best:
-            self.best = metrics["mIoU"]
+        if self.main and metrics[self.val_metric] > self.best:
+            self.best = metrics[self.val_metric]
             self.save_weights("best.safetensors")
         return metrics, cm
 
@@ -431,9 +448,9 @@ class Trainer:
         summary, rows = evaluate_instances(self.model, self.val_set, self.infer_cfg, self.prec, limit, self.rank,
                                            self.world)
         summary["eval_s"] = round(time.time() - t, 1)
-        if self.val_metric not in summary:
-            raise ValueError(f"val_metric {self.val_metric!r} is not an instance metric; choose one of "
-                             f"{', '.join(k for k, v in summary.items() if isinstance(v, float))}")
+        if self.val_metric not in summary:   # AP needs pycocotools
+            raise ValueError(f"val_metric {self.val_metric!r} was not computed ({summary.get('AP_note', '')}); "
+                             "choose DSB or SBD")
         keys = [k for k in ("DSB", "AP", "AP50", "SBD", "|DiC|", "fgDice", "PQ") if k in summary]
         if self.main:
             rec = {"kind": "val", "step": self.step, "epoch": self.epoch, "elapsed": round(self.elapsed, 1),
@@ -445,7 +462,7 @@ class Trainer:
             shown = " ".join(f"{k} {summary[k]:.3f}" for k in keys)
             print(f"[val] step {self.step} {self.elapsed / 60:.1f} min: {shown} ({summary['images']} images, "
                   f"{summary['eval_s']} s)", flush=True)
-        self.last_metrics = {k: summary[k] for k in keys}
+        self.last_metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
         score = summary[self.val_metric] * (-1 if self.val_metric in ("|DiC|", "AvgFP", "AvgFN") else 1)
         if self.main and score > self.best:
             self.best = score

@@ -55,8 +55,8 @@ class DiscriminativeEmbedding(InstanceModel):
                                                       **{k: v.detach() for k, v in parts.items()}}
 
     def dense(self, out: dict, b: int = 0) -> dict[str, np.ndarray]:
-        return {"fg": torch.sigmoid(out["fg"][b, 0].float()).cpu().numpy(),
-                "embedding": out["embedding"][b].float().cpu().numpy()}
+        return {"fg": torch.sigmoid(out["fg"][b, 0].detach().float()).cpu().numpy(),
+                "embedding": out["embedding"][b].detach().float().cpu().numpy()}
 
     def group(self, maps: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[int, float]]:
         ids = cluster_embeddings(maps["embedding"], maps["fg"], **self.post)

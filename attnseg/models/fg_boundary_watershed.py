@@ -51,7 +51,7 @@ class FgBoundaryWatershed(InstanceModel):
         return l_fg + self.boundary_weight * l_bd, {"fg": l_fg.detach(), "boundary": l_bd.detach()}
 
     def dense(self, out: dict, b: int = 0) -> dict[str, np.ndarray]:
-        return {k: torch.sigmoid(out[k][b, 0].float()).cpu().numpy() for k in ("fg", "boundary")}
+        return {k: torch.sigmoid(out[k][b, 0].detach().float()).cpu().numpy() for k in ("fg", "boundary")}
 
     def group(self, maps: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[int, float]]:
         ids = watershed_instances(maps["fg"], maps["boundary"], **self.post)

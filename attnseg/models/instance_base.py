@@ -62,6 +62,26 @@ class InstanceModel(nn.Module):
     def loss(self, out: dict, instances: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    #: the post-processing settings of ``group`` (thresholds, sizes), set by the builder's options
+    post: dict
+
+    def set_post(self, **settings) -> dict:
+        """Change post-processing settings (e.g. ``seed_threshold=0.6``) without retraining; unknown names are
+        refused with the valid ones. Returns the settings now in force."""
+        unknown = sorted(set(settings) - set(self.post))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no post-processing setting {', '.join(unknown)}; its "
+                             f"settings: {', '.join(f'{k}={v}' for k, v in self.post.items())}")
+        for k, v in settings.items():
+            current = self.post[k]
+            if isinstance(current, bool) and isinstance(v, str):
+                v = v.strip().lower() in ("1", "true", "yes", "on")
+            try:
+                self.post[k] = type(current)(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"post-processing setting {k}={v!r} is not a {type(current).__name__}") from None
+        return dict(self.post)
+
     def dense(self, out: dict, b: int = 0) -> dict[str, np.ndarray]:
         """Image b's activated maps as float32 numpy arrays: (H, W) for one channel, (C, H, W) for several."""
         raise NotImplementedError
