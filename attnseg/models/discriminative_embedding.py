@@ -27,13 +27,14 @@ from .unet import UNet
 
 
 class DiscriminativeEmbedding(InstanceModel):
-    def __init__(self, width: int = 32, depth: int = 4, embedding_dim: int = 8, delta_v: float = 0.5,
+    def __init__(self, width: int = 32, depth: int = 4, norm: str = "group", embedding_dim: int = 8,
+                 delta_v: float = 0.5,
                  delta_d: float = 1.5, embedding_weight: float = 1.0, bandwidth: float | None = None,
                  fg_threshold: float = 0.5, min_size: int = 8, split_components: bool = True):
         super().__init__()
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, not {embedding_dim}")
-        self.net = UNet(3, width=width, depth=depth, embedding_dim=embedding_dim)
+        self.net = UNet(3, width=width, depth=depth, norm=norm, embedding_dim=embedding_dim)
         self.delta_v, self.delta_d, self.embedding_weight = delta_v, delta_d, embedding_weight
         self.post = {"bandwidth": delta_v if bandwidth is None else bandwidth, "fg_threshold": fg_threshold,
                      "min_size": min_size, "split_components": split_components}
@@ -76,13 +77,15 @@ class DiscriminativeEmbedding(InstanceModel):
         return out
 
 
-def discriminative_embedding(num_classes: int = 1, width: int = 32, depth: int = 4, embedding_dim: int = 8,
+def discriminative_embedding(num_classes: int = 1, width: int = 32, depth: int = 4, norm: str = "group",
+                             embedding_dim: int = 8,
                              delta_v: float = 0.5, delta_d: float = 1.5, embedding_weight: float = 1.0,
                              bandwidth: float | None = None, fg_threshold: float = 0.5, min_size: int = 8,
                              split_components: bool = True) -> DiscriminativeEmbedding:
-    """``num_classes``: instance classes (one; several are not supported)."""
+    """``num_classes``: instance classes (one; several are not supported). ``norm``: "group" (default) or "batch"
+    (see ``models.unet`` for why batch norm fails on DSB2018)."""
     if num_classes != 1:
         raise ValueError(f"discriminative_embedding segments instances of one class; the data has {num_classes} "
                          "instance classes")
-    return DiscriminativeEmbedding(width, depth, embedding_dim, delta_v, delta_d, embedding_weight, bandwidth,
+    return DiscriminativeEmbedding(width, depth, norm, embedding_dim, delta_v, delta_d, embedding_weight, bandwidth,
                                    fg_threshold, min_size, split_components)

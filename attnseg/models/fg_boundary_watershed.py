@@ -27,10 +27,11 @@ from .unet import UNet
 
 
 class FgBoundaryWatershed(InstanceModel):
-    def __init__(self, width: int = 32, depth: int = 4, boundary_weight: float = 1.0, fg_threshold: float = 0.5,
+    def __init__(self, width: int = 32, depth: int = 4, norm: str = "group", boundary_weight: float = 1.0,
+                 fg_threshold: float = 0.5,
                  seed_threshold: float = 0.7, boundary_threshold: float = 0.3, min_size: int = 8, min_seed: int = 4):
         super().__init__()
-        self.net = UNet(3, width=width, depth=depth, embedding_dim=0)
+        self.net = UNet(3, width=width, depth=depth, norm=norm, embedding_dim=0)
         self.boundary_weight = boundary_weight
         self.post = {"fg_threshold": fg_threshold, "seed_threshold": seed_threshold,
                      "boundary_threshold": boundary_threshold, "min_size": min_size, "min_seed": min_seed}
@@ -58,12 +59,14 @@ class FgBoundaryWatershed(InstanceModel):
         return ids, instance_scores(ids, maps["fg"])
 
 
-def fg_boundary_watershed(num_classes: int = 1, width: int = 32, depth: int = 4, boundary_weight: float = 1.0,
+def fg_boundary_watershed(num_classes: int = 1, width: int = 32, depth: int = 4, norm: str = "group",
+                          boundary_weight: float = 1.0,
                           fg_threshold: float = 0.5, seed_threshold: float = 0.7, boundary_threshold: float = 0.3,
                           min_size: int = 8, min_seed: int = 4) -> FgBoundaryWatershed:
-    """``num_classes``: instance classes (one: every instance is an "object"; several are not supported)."""
+    """``num_classes``: instance classes (one: every instance is an "object"; several are not supported).
+    ``norm``: "group" (default) or "batch" (see ``models.unet`` for why batch norm fails on DSB2018)."""
     if num_classes != 1:
         raise ValueError(f"fg_boundary_watershed segments instances of one class; the data has {num_classes} "
                          "instance classes")
-    return FgBoundaryWatershed(width, depth, boundary_weight, fg_threshold, seed_threshold, boundary_threshold,
+    return FgBoundaryWatershed(width, depth, norm, boundary_weight, fg_threshold, seed_threshold, boundary_threshold,
                                min_size, min_seed)

@@ -33,3 +33,22 @@ def test_gradients_and_a_tiny_fit():
         assert net.down[0][0].weight.grad.abs().sum() > 0
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_group_norm_makes_an_image_independent_of_its_batch_and_of_train_or_eval():
+    """The reason for norm="group" (DSB2018 mixes dark and bright images): an image's output is the same alone or
+    in a batch with a very different image, in training and in eval mode; batch norm's is not."""
+    torch.manual_seed(0)
+    a = torch.randn(1, 3, 32, 32) * 0.1 - 2.0                    # dark
+    b = torch.randn(1, 3, 32, 32) * 2.0 + 1.0                    # bright, high contrast
+    net = UNet(3, width=8, depth=2, embedding_dim=0, norm="group")
+    for mode in (True, False):
+        net.train(mode)
+        with torch.no_grad():
+            alone, together = net(a)["fg"], net(torch.cat([a, b]))["fg"][:1]
+        assert torch.allclose(alone, together, atol=1e-5)
+    bn = UNet(3, width=8, depth=2, embedding_dim=0, norm="batch").train()
+    with torch.no_grad():
+        assert not torch.allclose(bn(a)["fg"], bn(torch.cat([a, b]))["fg"][:1], atol=1e-3)
+    with pytest.raises(ValueError, match="norm 'layer' unknown; choose one of batch, group"):
+        UNet(norm="layer")
