@@ -333,12 +333,14 @@ def cmd_serve(args) -> int:
 def cmd_models(args) -> int:
     import torch
 
-    from .models import MODELS, create_model
+    from .models import MODELS, create_model, model_task
     print(f"{'model':32s} {'parameters (K=' + str(args.num_classes) + ')':>22s}")
     for name in sorted(MODELS):
+        instances = model_task(name) == "instances"
         with torch.device("meta"):
-            m = create_model(name, num_classes=args.num_classes)
-        print(f"{name:32s} {sum(p.numel() for p in m.parameters()) / 1e6:20.2f} M")
+            m = create_model(name, num_classes=1 if instances else args.num_classes)
+        print(f"{name:32s} {sum(p.numel() for p in m.parameters()) / 1e6:20.2f} M"
+              + ("   instances (one class)" if instances else ""))
     return 0
 
 
