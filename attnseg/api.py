@@ -246,30 +246,11 @@ def inference_config(meta: dict, overrides: dict):
     return cfg
 
 
-class Predictor:
-    """A loaded model with its classes, preprocessing and inference settings. Build it with :func:`load`.
+class CheckpointInfo:
+    """What a loaded checkpoint says (name, classes, palette, parameters, metrics) and its input normalisation;
+    shared by the semantic :class:`Predictor` and ``api_instances.InstancePredictor`` (which set ``meta``, ``spec``,
+    ``backend``, ``model``, ``mean`` and ``std``)."""
 
-    Calls are serialised by a lock (one model call at a time, as the web server needs); a predictor may be shared
-    by threads."""
-
-    def __init__(self, model, meta: dict, *, device, precision, backend: str = "torch", source: str = "",
-                 max_memory_gb: float | None = None, inference: dict | None = None):
-        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-        from .engine.inference import MemoryPlanner
-        self.model, self.meta, self.device, self.precision = model, meta, device, precision
-        self.backend, self.source = backend, source
-        self.spec = LabelSpec.from_dict(meta["classes"])
-        pre = meta.get("preprocessing") or {}
-        self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
-        self.inference = inference_config(meta, inference or {})
-        self.limit_bytes = memory_limit_bytes(max_memory_gb)
-        self.planner = (MemoryPlanner(model, self.inference, self.spec.num_classes, self.limit_bytes,
-                                      fallback_crop(meta))
-                        if backend == "torch" else None)
-        self.lock = threading.Lock()
-
-    # what the checkpoint says ----------------------------------------------------------------------------------
     @property
     def name(self) -> str:
         return str(self.meta.get("model", "?"))
@@ -293,6 +274,35 @@ class Predictor:
     def metrics(self) -> dict:
         return dict(self.meta.get("metrics") or {})
 
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, H, W) float, normalised as in training."""
+        x = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1).float()
+        return x.sub_(self.mean * 255).div_(self.std * 255)
+
+
+class Predictor(CheckpointInfo):
+    """A loaded model with its classes, preprocessing and inference settings. Build it with :func:`load`.
+
+    Calls are serialised by a lock (one model call at a time, as the web server needs); a predictor may be shared
+    by threads."""
+
+    def __init__(self, model, meta: dict, *, device, precision, backend: str = "torch", source: str = "",
+                 max_memory_gb: float | None = None, inference: dict | None = None):
+        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from .engine.inference import MemoryPlanner
+        self.model, self.meta, self.device, self.precision = model, meta, device, precision
+        self.backend, self.source = backend, source
+        self.spec = LabelSpec.from_dict(meta["classes"])
+        pre = meta.get("preprocessing") or {}
+        self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
+        self.inference = inference_config(meta, inference or {})
+        self.limit_bytes = memory_limit_bytes(max_memory_gb)
+        self.planner = (MemoryPlanner(model, self.inference, self.spec.num_classes, self.limit_bytes,
+                                      fallback_crop(meta))
+                        if backend == "torch" else None)
+        self.lock = threading.Lock()
+
     @property
     def scales(self):
         return getattr(self.model, "scales", None)
@@ -308,11 +318,6 @@ class Predictor:
                 "attention": self.backend == "torch"}
 
     # prediction ------------------------------------------------------------------------------------------------
-    def normalize(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (3, H, W) float, normalised as in training."""
-        x = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1).float()
-        return x.sub_(self.mean * 255).div_(self.std * 255)
-
     def predict(self, x, *, probs: bool = False, attention: bool = False, query=None):
         """Predict one picture (-> :class:`Result`) or several (a list, or a (B, 3, H, W) tensor -> list).
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .api import CheckpointInfo
 from .data.labels import LabelSpec
 
 
@@ -50,7 +51,8 @@ class InstanceAttention:
             title = {"fg": "foreground probability", "boundary": "boundary probability"}.get(
                 name, name.replace("_", " "))
             pics.append(Picture(f"attn_{name}", title, blend_heatmap(self.image, np.asarray(m, np.float32))))
-        pics.append(Picture("instance_colours", f"{int(self.ids.max(initial=0))} instances", instance_picture(self.ids)))
+        count = int(self.ids.max(initial=0))
+        pics.append(Picture("instance_colours", f"{count} instances", instance_picture(self.ids)))
         return pics, ([no_query] if query else [])
 
 
@@ -130,7 +132,7 @@ class InstanceResult:
         return [png, ov, js]
 
 
-class InstancePredictor:
+class InstancePredictor(CheckpointInfo):
     """A loaded instance model. Build it with :func:`attnseg.load`; calls are serialised by a lock."""
 
     task = "instances"
@@ -166,31 +168,8 @@ class InstancePredictor:
         return dict((self.model.post if self.backend == "onnx" else self.model).post)
 
     @property
-    def name(self) -> str:
-        return str(self.meta.get("model", "?"))
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.spec.names)
-
-    @property
     def class_names(self) -> list[str]:
         return list(self.spec.names[1:])
-
-    @property
-    def palette(self):
-        return list(self.spec.palette)
-
-    @property
-    def num_params(self) -> int | None:
-        n = self.meta.get("num_params")
-        if n is None and self.backend == "torch":
-            n = sum(p.numel() for p in self.model.parameters())
-        return n
-
-    @property
-    def metrics(self) -> dict:
-        return dict(self.meta.get("metrics") or {})
 
     def describe(self) -> dict:
         m = self.metrics
@@ -198,13 +177,10 @@ class InstancePredictor:
                 "palette": [list(c) for c in self.palette], "num_params": self.num_params, "backend": self.backend,
                 "precision": self.precision.name, "device": str(self.device),
                 "inference": self.inference.describe(),
-                "metrics": {k: m[k] for k in ("DSB", "AP", "AP50", "SBD", "|DiC|") if isinstance(m.get(k), (int, float))},
+                "metrics": {k: m[k] for k in ("DSB", "AP", "AP50", "SBD", "|DiC|")
+                            if isinstance(m.get(k), (int, float))},
                 "step": self.meta.get("step"), "data": (self.meta.get("config") or {}).get("data"),
                 "post": self.post, "attention": True}
-
-    def normalize(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1).float()
-        return x.sub_(self.mean * 255).div_(self.std * 255)
 
     def predict(self, x, *, attention: bool = False, probs: bool = False, query=None):
         """One picture (-> :class:`InstanceResult`) or several (a list or a (B, 3, H, W) tensor -> list). Inputs

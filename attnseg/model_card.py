@@ -456,7 +456,8 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
         missing.append("the learning-curve picture: " + ("no learning_curve.png in the run directory" if run
                                                          else "a checkpoint file alone has none"))
     if vals and instances:
-        L += ["| step | epoch | train min | val images | train loss | DSB | SBD % | abs DiC |", "|---|---|---|---|---|---|---|---|"]
+        L += ["| step | epoch | train min | val images | train loss | DSB | SBD % | abs DiC |",
+              "|---|---|---|---|---|---|---|---|"]
         for v in vals:
             loss = next((t.get("loss") for t in reversed(trains) if t.get("step", 0) <= v.get("step", 0)), None)
             dsb, dic = v.get("DSB"), v.get("|DiC|")

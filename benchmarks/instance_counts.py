@@ -33,6 +33,8 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", default="auto")
+    p.add_argument("--post", action="append", default=[], metavar="RUN:K=V[,K=V]",
+                   help="post-processing settings of one run (repeatable), e.g. runs/x:bandwidth=1.0,min_size=80")
     p.add_argument("--out")
     args = p.parse_args(argv)
     set_threads(args.threads)
@@ -40,7 +42,14 @@ def main(argv=None) -> dict:
     from attnseg.data.synthetic_instances import nuclei_field
     from attnseg.engine.instance_inference import infer_instances
     from attnseg.metrics.instance import InstanceMetrics, coco_mask_ap
-    predictors = {r: attnseg.load(r, precision=args.precision) for r in args.runs}
+    post = {}
+    for item in args.post:
+        run, _, settings = item.rpartition(":")
+        post[run] = dict(kv.split("=", 1) for kv in settings.split(","))
+    unknown = sorted(set(post) - set(args.runs))
+    if unknown:
+        p.error(f"--post names runs not given: {unknown}")
+    predictors = {r: attnseg.load(r, precision=args.precision, post=post.get(r)) for r in args.runs}
     counts = [int(c) for c in args.counts.split(",")]
     rows = []
     for c in counts:
@@ -59,7 +68,7 @@ def main(argv=None) -> dict:
         for r, acc in per_run.items():
             m = acc["metrics"].compute()
             ap = coco_mask_ap(acc["ap"])
-            rows.append({"run": r, "model": predictors[r].name, "count_drawn": c,
+            rows.append({"run": r, "model": predictors[r].name, "post": predictors[r].post, "count_drawn": c,
                          "count_visible": float(np.mean(gt_counts)), "images": len(images),
                          "DSB": m["DSB"], "SBD": m["SBD"], "|DiC|": m["|DiC|"], "fgDice": m["fgDice"],
                          "AP50": ap["AP50"], "forward_ms": float(np.mean(acc["forward"][1:] or acc["forward"])),

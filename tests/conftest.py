@@ -59,3 +59,24 @@ def tiny_checkpoint(folder: Path, model: str = "fcn8s_resnet18", num_classes: in
             "metrics": metrics or {"mIoU": 0.5, "aAcc": 0.75}}
     save_weights(Path(folder) / "checkpoints" / "model.safetensors", net, meta)
     return Path(folder)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one intra-op thread (a second one only contends with the other test worker for the cores).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_tiny_instance_run(run_dir: Path, data: str = "nuclei:n=8,val=3,size=64x64,count=3-8") -> Path:
+    """A watershed U-Net (width 8, depth 2) trained 60 steps on 64x64 nuclei fields, fp32: it finds nuclei."""
+    from attnseg.engine.config import TrainConfig
+    from attnseg.engine.trainer import train
+    train(TrainConfig(model="unet_watershed_w16", model_kwargs={"width": 8, "depth": 2}, data=data, crop=(48, 48),
+                      batch_size=2, iters=60, lr=3e-3, warmup_iters=5, val_interval=0, workers=0, progress=False,
+                      run_dir=str(run_dir), precision="fp32"))
+    return run_dir

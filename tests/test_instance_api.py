@@ -17,33 +17,21 @@ from attnseg.cli import main
 from attnseg.data.synthetic_instances import nuclei_field
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from attnseg.engine.checkpoint import load_model
-from attnseg.engine.config import TrainConfig
 from attnseg.engine.instance_tiling import tile_starts, tiled_instances
-from attnseg.engine.trainer import train
 from attnseg.metrics.instance import image_metrics
 from attnseg.viz.instances import rle_decode
 
-from .conftest import tiny_checkpoint
+from .conftest import tiny_checkpoint, train_tiny_instance_run
 
 DATA = "nuclei:n=8,val=3,size=64x64,count=3-8"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A watershed U-Net (width 8, depth 2) trained 60 steps on 64x64 nuclei fields: it finds nuclei."""
-    run = tmp_path_factory.mktemp("instance_api") / "run"
-    train(TrainConfig(model="unet_watershed_w16", model_kwargs={"width": 8, "depth": 2}, data=DATA, crop=(48, 48),
-                      batch_size=2, iters=60, lr=3e-3, warmup_iters=5, val_interval=0, workers=0, progress=False,
-                      run_dir=str(run), precision="fp32"))
-    return run
+    return train_tiny_instance_run(tmp_path_factory.mktemp("instance_api") / "run", DATA)
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ TINY = {"width": 8, "depth": 2}
 NAMES = ("unet_watershed_w16", "unet_discriminative_w16")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread (a second one only contends with other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- boundary_target ----------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -21,29 +20,18 @@ from fastapi.testclient import TestClient  # noqa: E402
 import attnseg  # noqa: E402
 from attnseg.api_instances import InstanceResult  # noqa: E402
 from attnseg.data.synthetic_instances import nuclei_field  # noqa: E402
-from attnseg.engine.config import TrainConfig  # noqa: E402
-from attnseg.engine.trainer import train  # noqa: E402
 from attnseg.serve.app import RequestError, create_app, instance_response  # noqa: E402
 from attnseg.viz.instances import instance_colours, rle_decode  # noqa: E402
 
-from .conftest import tiny_checkpoint  # noqa: E402
+from .conftest import tiny_checkpoint, train_tiny_instance_run  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def predictors(tmp_path_factory):
     root = tmp_path_factory.mktemp("instance_serve")
-    train(TrainConfig(model="unet_watershed_w16", model_kwargs={"width": 8, "depth": 2},
-                      data="nuclei:n=8,val=2,size=64x64,count=3-8", crop=(48, 48), batch_size=2, iters=60, lr=3e-3,
-                      warmup_iters=5, val_interval=0, workers=0, progress=False, run_dir=str(root / "w"),
-                      precision="fp32"))
+    train_tiny_instance_run(root / "w", "nuclei:n=8,val=2,size=64x64,count=3-8")
     return {"m": attnseg.load(root / "w", precision="fp32"),
             "sem": attnseg.load(tiny_checkpoint(root / "sem"), precision="fp32")}
 

@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from attnseg.data import build_dataset
 from attnseg.engine.checkpoint import load_model
@@ -20,12 +19,7 @@ DATA = "nuclei:n=8,size=64x64,count=3-8"
 INSTANCE_KEYS = ("DSB", "SBD", "|DiC|", "DiC", "fgDice", "PQ", "AP", "AP50", "AP75", "MWCov", "MUCov")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(run_dir, **kw) -> TrainConfig:

@@ -113,7 +113,7 @@ class InstanceDataset:
         self.seed, self.epoch = 0, 0
         self.problems: list[str] = []
 
-    def configure(self, cache: bool = False, seed: int = 0) -> "InstanceDataset":
+    def configure(self, cache: bool = False, seed: int = 0) -> InstanceDataset:
         """The options every reader takes (``build_dataset(..., cache=, seed=)``)."""
         self.cache = {} if cache else None
         self.seed = seed

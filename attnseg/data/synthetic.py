@@ -407,20 +407,26 @@ OPTIONS: dict[str, Callable] = {
 }
 
 
-def parse_options(root: str) -> dict:
-    """'n=200,size=96x128,seed=3' -> {'n': 200, 'size': (96, 128), 'seed': 3}. Empty -> {}."""
-    options = {}
+def parse_option_string(root: str, options: dict, kind: str, example: str) -> dict:
+    """'n=200,size=96x128,seed=3' -> {'n': 200, 'size': (96, 128), 'seed': 3} with ``options`` (key -> parser of its
+    string); an unknown key or an unreadable value is refused naming ``kind``, the keys and ``example``. Empty -> {}."""
+    out = {}
     for item in filter(None, (part.strip() for part in str(root).split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or key not in OPTIONS:
-            raise DataError(f"synthetic option {item!r} is not key=value with a known key; keys: "
-                            f"{', '.join(OPTIONS)} (e.g. synthetic:n=200,size=128x160,seed=3)")
+        if not sep or key not in options:
+            raise DataError(f"{kind} option {item!r} is not key=value with a known key; keys: "
+                            f"{', '.join(options)} (e.g. {example})")
         try:
-            options[key] = OPTIONS[key](value.strip())
+            out[key] = options[key](value.strip())
         except ValueError as e:
-            raise DataError(f"synthetic option {item!r}: cannot read {value!r} ({e})") from e
-    return options
+            raise DataError(f"{kind} option {item!r}: cannot read {value!r} ({e})") from e
+    return out
+
+
+def parse_options(root: str) -> dict:
+    """'n=200,size=96x128,seed=3' -> {'n': 200, 'size': (96, 128), 'seed': 3}. Empty -> {}."""
+    return parse_option_string(root, OPTIONS, "synthetic", "synthetic:n=200,size=128x160,seed=3")
 
 
 def build(root: str = "", split: str = "train", transform: Callable | None = None, cache: bool = False,

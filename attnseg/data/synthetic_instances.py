@@ -4,7 +4,8 @@ Not from a paper: attnseg's embedded instance data and the controlled benchmark 
 
 - ``nuclei_field``: 1-150 elliptical blobs (radii log-uniform over 3-14 px, any orientation), placed at random so
   that many touch or overlap (a later blob is drawn over an earlier one; a blob cut in two keeps its larger
-  piece), each with its own intensity and texture; fluorescence-like (bright nuclei on a dark background) or brightfield-like (dark on bright).
+  piece), each with its own intensity and texture; fluorescence-like (bright nuclei on a dark background) or
+  brightfield-like (dark on bright).
 - ``leaf_rosette``: 5-20 elongated leaves around a centre, each a pointed ellipse along its own angle and length,
   younger (shorter) leaves drawn over older ones, so neighbours touch and overlap; green hues on a soil background.
 
@@ -22,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from .instances import InstanceDataset
 from .io import DataError
-from .synthetic import scene_seed_of
+from .synthetic import parse_option_string, scene_seed_of
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float, n: int = 48, tip: float = 1.0):
@@ -143,17 +144,7 @@ OPTIONS = {"n": int, "train": int, "val": int, "test": int, "seed": int, "size":
 
 def parse_instance_options(kind: str, root: str) -> dict:
     """'n=200,size=256x256,count=1-150,seed=3' -> a dict; unknown keys are refused with the list of keys."""
-    out = {}
-    for item in filter(None, (part.strip() for part in str(root).split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in OPTIONS:
-            raise DataError(f"{kind} option {item!r} is not key=value with a known key; keys: {', '.join(OPTIONS)} "
-                            f"(e.g. {kind}:n=200,size=256x256,count=1-150,seed=3)")
-        try:
-            out[key] = OPTIONS[key](value.strip())
-        except ValueError as e:
-            raise DataError(f"{kind} option {item!r}: cannot read {value!r} ({e})") from None
+    out = parse_option_string(root, OPTIONS, kind, f"{kind}:n=200,size=256x256,count=1-150,seed=3")
     if "size" in out and min(out["size"]) < 16:
         raise DataError(f"{kind} option size={out['size'][0]}x{out['size'][1]} is too small; use at least 16x16")
     if "count" in out and not 1 <= out["count"][0] <= out["count"][1]:

@@ -16,8 +16,8 @@ from .deeplab_largefov import deeplab_largefov_vgg16
 from .discriminative_embedding import discriminative_embedding
 from .farabet import farabet
 from .fcn import fcn_resnet, fcn_vgg16
-from .flanet import flanet
 from .fg_boundary_watershed import fg_boundary_watershed
+from .flanet import flanet
 from .instance_base import InstanceModel
 from .recurrent_refinement import recurrent_refinement
 from .segaware import segaware, segaware_crf
@@ -114,4 +114,5 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-__all__ = ["MODELS", "INSTANCE_MODELS", "InstanceModel", "model_task", "create_model", "list_models", "model_options", "check_kwargs", "SegmentationModel"]
+__all__ = ["MODELS", "INSTANCE_MODELS", "InstanceModel", "model_task", "create_model", "list_models", "model_options",
+           "check_kwargs", "SegmentationModel"]

@@ -3,9 +3,10 @@
 Seferbekov, Durnov and others (team [ods.ai] topcoders), "Data Science Bowl 2018, 1st place solution", Kaggle,
 https://www.kaggle.com/c/data-science-bowl-2018/discussion/54741 (write-up); official code
 https://github.com/selimsef/dsb2018_topcoders; the competition and its winners: Caicedo et al., "Nucleus
-segmentation across imaging experiments: the 2018 Data Science Bowl", Nature Methods 2019. Their networks (U-Nets on ImageNet encoders, a 32-model ensemble,
-stage-2 score 0.6316) predict three channels: the nucleus masks, their borders, and the gaps between touching
-nuclei; seeds are where the mask is confident and the border is not, grown back by watershed.
+segmentation across imaging experiments: the 2018 Data Science Bowl", Nature Methods 2019. Their networks (U-Nets
+on ImageNet encoders, a 32-model ensemble, stage-2 score 0.6316) predict three channels: the nucleus masks, their
+borders, and the gaps between touching nuclei; seeds are where the mask is confident and the border is not, grown
+back by watershed.
 
 Here, a single U-Net written in attnseg (``models.unet``, no pretrained encoder, no ensemble) predicts two
 channels: ``fg`` (nucleus or not) and ``boundary``, whose target joins the winners' border and gap channels

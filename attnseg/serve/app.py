@@ -16,7 +16,8 @@
 
 A model's response names its kind (``semantic``: class ids; instance models answer ``instance`` with
 "instances" [{"id", "label", "class", "score", "box", "area", "mask" (COCO RLE)}], "count", a 16-bit ``ids_png``,
-uint16 ``ids_raw`` and one palette colour and stats row per instance) and its own named attention pictures, so every model family plugs into the same page.
+uint16 ``ids_raw`` and one palette colour and stats row per instance) and its own named attention pictures, so
+every model family plugs into the same page.
 
 Bad requests get a 4xx and ``{"error": "<plain sentence>"}``: an empty, truncated or non-image upload, an upload
 over ``max_upload_bytes`` (checked while the body arrives, before it is parsed) or over ``max_pixels`` (checked

@@ -9,17 +9,13 @@ image, ``ATTNSEG_INSTANCE_SCREENSHOT`` says where the screenshot goes (default: 
 
 import base64
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .test_page import CHROMIUM, FLAGS, canvas_pixel, free_port
+from .test_page import CHROMIUM, FLAGS, canvas_pixel, running_server
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -42,21 +38,8 @@ def served(tmp_path_factory):
         from attnseg.data import build_dataset
         image = root / "nuclei.png"
         Image.fromarray(build_dataset(DATA, "val").load(0)[0]).save(image)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "attnseg", "serve", str(run), "--port", str(port),
-                               "--precision", "fp32"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200:
-                break
-        except OSError:
-            if server.poll() is not None:
-                pytest.fail("attnseg serve stopped:\n" + server.stdout.read())
-            time.sleep(0.1)
-    yield base, Path(image), root
-    server.terminate()
-    server.wait(10)
+    with running_server(run) as base:
+        yield base, Path(image), root
 
 
 def test_instance_overlay_legend_hover_and_downloads(served):

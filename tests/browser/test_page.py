@@ -9,6 +9,7 @@ for its attention pictures, a bad upload's message, and save a screenshot.
 ``ATTNSEG_SCREENSHOT`` says where the screenshot goes (default: the test's tmp folder)."""
 
 import base64
+import contextlib
 import os
 import socket
 import subprocess
@@ -38,6 +39,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_server(run):
+    """``attnseg serve RUN`` on a free loopback port, fp32; yields its base URL once /healthz answers."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "attnseg", "serve", str(run), "--port", str(port),
+                               "--precision", "fp32"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200:
+                    break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail("attnseg serve stopped:\n" + server.stdout.read())
+                time.sleep(0.1)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
@@ -53,21 +76,8 @@ def served(tmp_path_factory):
         from attnseg.data import build_dataset
         image = root / "scene.png"
         Image.fromarray(build_dataset(DATA, "val").load(0)[0]).save(image)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "attnseg", "serve", str(run), "--port", str(port),
-                               "--precision", "fp32"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200:
-                break
-        except OSError:
-            if server.poll() is not None:
-                pytest.fail("attnseg serve stopped:\n" + server.stdout.read())
-            time.sleep(0.1)
-    yield base, Path(image), root
-    server.terminate()
-    server.wait(10)
+    with running_server(run) as base:
+        yield base, Path(image), root
 
 
 @pytest.fixture(scope="module")
