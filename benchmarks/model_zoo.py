@@ -58,12 +58,21 @@ RESULTS_MD = "RESULTS.md"  # beside MODEL_ZOO.md in docs/
 _S11 = "CamVid: the shipped FCN-8s recipe under both validations"
 _S1 = "CamVid: FCN-8s-ResNet-18 from scratch"
 _S2 = "CamVid: the three baselines of this issue at an equal 8-minute budget"
+_S13 = "DSB2018 val: the two baselines at an equal 35-minute budget"
 _S3 = ("CamVid", "Issue 3: attention to scale, Farabet's pyramid, recurrent refinement")
 _S4 = "CamVid: FLA against no attention, non-local, DANet and CCNet on one network"
 _S5 = "CamVid: the segmentation-aware network against the same network with plain convolutions"
 _S12 = "A FLANet trained on CamVid for the page"
 _S11R = "Segmentation-aware refinement after the normalisation fix, beside the old table"
 TRAINED = {
+    # instance models: the DSB2018 score on splits/val (the "figure" replaces the mIoU cell)
+    "unet_watershed_w16": [
+        {"figure": "DSB score **0.417** (AP50 0.625)", "protocol": "DSB2018 splits/val", "budget": "35 min (1046 "
+         "steps) on one contended core, bf16", "section": _S13}],
+    "unet_discriminative_w16": [
+        {"figure": "DSB score **0.303** (post-processing tuned on train images; 0.157 default)",
+         "protocol": "DSB2018 splits/val", "budget": "35 min (1047 steps) on one contended core, bf16",
+         "section": _S13}],
     "fcn8s_resnet18": [
         {"miou": "59.45", "protocol": "standard val", "budget": "2300 steps, bf16", "section": _S11},
         {"miou": "37.92", "protocol": "cross-sequence holdout=0006R0", "budget": "2300 steps, bf16", "section": _S11},
@@ -138,14 +147,15 @@ def section_titles(section) -> tuple[str, ...]:
 # -- configs ------------------------------------------------------------------------------------------------------
 def config_index(folder: Path) -> dict[str, list[tuple[str, dict]]]:
     """model name -> [(config file name, its model_kwargs)], the file named camvid_<model>.yaml first, then other
-    CamVid configs, then the rest (each group sorted)."""
+    CamVid configs, then DSB2018 ones (the instance models' real data), then the rest (each group sorted)."""
     out: dict[str, list[tuple[str, dict]]] = {}
     for path in sorted(folder.glob("*.yaml")):
         d = yaml.safe_load(path.read_text()) or {}
         if isinstance(d, dict) and d.get("model"):
             out.setdefault(d["model"], []).append((path.name, d.get("model_kwargs") or {}))
     for name, files in out.items():
-        files.sort(key=lambda f: (f[0] != f"camvid_{name}.yaml", not f[0].startswith("camvid_"), f[0]))
+        files.sort(key=lambda f: (f[0] != f"camvid_{name}.yaml", not f[0].startswith("camvid_"),
+                                  not f[0].startswith("dsb2018_"), f[0]))
     return out
 
 
@@ -257,7 +267,8 @@ def render_markdown(doc: dict) -> str:
           "GFLOPs: one forward at 360x480, batch 1, as torch's FlopCounterMode counts (a multiply-add = 2 FLOPs; "
           "convolutions and matmuls only). `attnseg info MODEL --num-classes 11` prints the same figures with the "
           "memory of the activations and of every attention map.", "",
-          "| model | config (budget) | params (M) | GFLOPs | fp32 img/s | bf16 img/s | trained: CamVid mIoU % "
+          "| model | config (budget) | params (M) | GFLOPs | fp32 img/s | bf16 img/s | "
+          "trained: CamVid mIoU % or DSB2018 score "
           "(protocol, budget) | train it |",
           "|---|---|---|---|---|---|---|---|"]
     for name in sorted(rows):

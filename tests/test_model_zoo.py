@@ -25,7 +25,8 @@ def test_trained_figures_cite_existing_sections():
         for fig in figures:
             for title in zoo.section_titles(fig["section"]):
                 assert title in headings, (name, title)
-            assert fig["protocol"] and fig["budget"] and float(fig["miou"]) > 0
+            assert fig["protocol"] and fig["budget"]
+            assert float(fig["miou"]) > 0 if "miou" in fig else "**" in fig["figure"]     # instance models: a figure
     assert zoo.slug("CamVid: the shipped FCN-8s recipe under both validations") == \
         "camvid-the-shipped-fcn-8s-recipe-under-both-validations"
 
