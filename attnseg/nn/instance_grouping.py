@@ -37,7 +37,11 @@ def watershed_instances(fg: np.ndarray, boundary: np.ndarray, fg_threshold: floa
     ``boundary < boundary_threshold`` (seeds under ``min_seed`` px dropped); flooded by watershed over ``-fg``
     within ``fg > fg_threshold``."""
     from scipy import ndimage
-    from skimage.segmentation import watershed
+    try:
+        from skimage.segmentation import watershed
+    except ImportError:
+        raise ImportError("the watershed of the foreground + boundary models needs scikit-image: "
+                          "pip install -e '.[instances]'") from None
     fg, boundary = np.asarray(fg, np.float64), np.asarray(boundary, np.float64)
     if fg.shape != boundary.shape or fg.ndim != 2:
         raise ValueError(f"foreground and boundary must be (H, W) maps of one size; got {fg.shape} and "
