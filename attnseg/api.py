@@ -274,6 +274,16 @@ class CheckpointInfo:
     def metrics(self) -> dict:
         return dict(self.meta.get("metrics") or {})
 
+    def _set_checkpoint(self, model, meta: dict, device, precision, backend: str, source: str) -> None:
+        """The attributes both predictors share: the model, its metadata, classes and normalisation."""
+        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        self.model, self.meta, self.device, self.precision = model, meta, device, precision
+        self.backend, self.source = backend, source
+        self.spec = LabelSpec.from_dict(meta["classes"])
+        pre = meta.get("preprocessing") or {}
+        self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
+
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, H, W) float, normalised as in training."""
         x = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1).float()
@@ -288,14 +298,8 @@ class Predictor(CheckpointInfo):
 
     def __init__(self, model, meta: dict, *, device, precision, backend: str = "torch", source: str = "",
                  max_memory_gb: float | None = None, inference: dict | None = None):
-        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from .engine.inference import MemoryPlanner
-        self.model, self.meta, self.device, self.precision = model, meta, device, precision
-        self.backend, self.source = backend, source
-        self.spec = LabelSpec.from_dict(meta["classes"])
-        pre = meta.get("preprocessing") or {}
-        self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
+        self._set_checkpoint(model, meta, device, precision, backend, source)
         self.inference = inference_config(meta, inference or {})
         self.limit_bytes = memory_limit_bytes(max_memory_gb)
         self.planner = (MemoryPlanner(model, self.inference, self.spec.num_classes, self.limit_bytes,

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from .api import CheckpointInfo
-from .data.labels import LabelSpec
 
 
 @dataclass
@@ -140,14 +139,8 @@ class InstancePredictor(CheckpointInfo):
     def __init__(self, model, meta: dict, *, device, precision, backend: str = "torch", source: str = "",
                  max_side: int | None = None, tile: int | None = None, overlap: int | None = None,
                  test_scale: float | None = None, post: dict | None = None):
-        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from .engine.instance_inference import InstanceInferenceConfig
-        self.model, self.meta, self.device, self.precision = model, meta, device, precision
-        self.backend, self.source = backend, source
-        self.spec = LabelSpec.from_dict(meta["classes"])
-        pre = meta.get("preprocessing") or {}
-        self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
+        self._set_checkpoint(model, meta, device, precision, backend, source)
         saved = meta.get("inference") or {}
         self.inference = InstanceInferenceConfig(
             test_scale=float(test_scale if test_scale is not None else saved.get("test_scale", 1.0)),
