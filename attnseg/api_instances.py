@@ -83,13 +83,12 @@ class InstanceResult:
     @property
     def instances(self) -> list[dict]:
         """Per instance, in id order: ``{"id", "label" (class index, 1-based), "class", "score", "box" [x0, y0, x1,
-        y1) (x1, y1 exclusive), "area"}``."""
-        from .data.instances import to_torchvision
-        tv = to_torchvision(self.ids)
-        areas = np.bincount(self.ids.ravel())
-        return [{"id": int(k), "label": int(lab), "class": self.class_names[int(lab) - 1],
-                 "score": float(self.scores.get(int(k), 1.0)), "box": [float(v) for v in box],
-                 "area": int(areas[k])} for k, lab, box in zip(tv["ids"], tv["labels"], tv["boxes"])]
+        y1) (x1, y1 exclusive), "area"}`` (one pass over the id map; no per-instance masks)."""
+        from .data.instances import instance_boxes
+        keys, slices, areas = instance_boxes(self.ids)
+        return [{"id": int(k), "label": 1, "class": self.class_names[0], "score": float(self.scores.get(int(k), 1.0)),
+                 "box": [float(sx.start), float(sy.start), float(sx.stop), float(sy.stop)], "area": int(a)}
+                for k, (sy, sx), a in zip(keys, slices, areas)]
 
     def to_torchvision(self) -> dict:
         """torchvision's form: ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64, ``scores`` (N,) float32,
@@ -111,8 +110,9 @@ class InstanceResult:
         from .viz.instances import rle_encode
         H, W = self.ids.shape
         rows = self.instances
-        for r in rows:
-            r["mask"] = rle_encode(self.ids == r["id"])
+        for r in rows:                                      # each mask encoded from its box crop
+            x0, y0, x1, y1 = (int(v) for v in r["box"])
+            r["mask"] = rle_encode(self.ids[y0:y1, x0:x1] == r["id"], (y0, x0), (H, W))
         return {"kind": "instance", "model": self.model, "height": H, "width": W, "classes": self.class_names,
                 "count": len(rows), "inference": self.inference, "instances": rows}
 

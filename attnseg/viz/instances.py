@@ -56,19 +56,30 @@ def instance_picture(ids: np.ndarray) -> np.ndarray:
     return instance_colours(int(np.asarray(ids).max(initial=0)))[np.asarray(ids)]
 
 
-def rle_encode(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE of an (H, W) bool mask: ``{"size": [H, W], "counts": [...]}``, run lengths in
-    column-major (Fortran) order, starting with a run of zeros (possibly empty)."""
+def rle_encode(mask: np.ndarray, offset: tuple[int, int] = (0, 0), size: tuple[int, int] | None = None) -> dict:
+    """COCO's uncompressed RLE of a bool mask: ``{"size": [H, W], "counts": [...]}``, run lengths in column-major
+    (Fortran) order, starting with a run of zeros (possibly empty). ``mask`` may be the crop of an (H, W) = ``size``
+    mask at ``offset`` (y0, x0) whose pixels outside the crop are all 0 (an instance's box): the cost is the crop's
+    area, not the image's."""
     mask = np.asarray(mask, bool)
     if mask.ndim != 2:
         raise ValueError(f"a mask must be (H, W), got shape {mask.shape}")
-    flat = mask.ravel(order="F").astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1                      # positions where the value changes
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+    H, W = mask.shape if size is None else size
+    y0, x0 = offset
+    # column-major positions of the set pixels in the full image, increasing (the crop's columns in order)
+    cols, rows = np.nonzero(mask.T)
+    pos = (cols + x0).astype(np.int64) * H + (rows + y0)
+    if not len(pos):
+        return {"size": [int(H), int(W)], "counts": [int(H * W)]}
+    breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+    starts = pos[np.concatenate([[0], breaks])]
+    ends = pos[np.concatenate([breaks - 1, [len(pos) - 1]])] + 1      # exclusive
+    zeros = starts - np.concatenate([[0], ends[:-1]])                  # the zero run before each run of ones
+    counts = np.empty(2 * len(starts), np.int64)
+    counts[0::2], counts[1::2] = zeros, ends - starts
+    tail = H * W - ends[-1]
+    out = counts.tolist() + ([int(tail)] if tail else [])
+    return {"size": [int(H), int(W)], "counts": [int(c) for c in out]}
 
 
 def rle_decode(rle: dict) -> np.ndarray:
