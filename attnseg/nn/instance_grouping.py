@@ -60,7 +60,8 @@ def mean_shift(x: np.ndarray, bandwidth: float, max_iter: int = 300, chunk: int 
     of the points within ``bandwidth`` until it moves less than 1e-3 bandwidth; converged centres are ranked by how
     many points lie within ``bandwidth`` and a centre closer than ``bandwidth`` to a denser one is dropped.
     Written here, vectorised over all seeds at once, because scikit-learn runs one neighbour query per seed and
-    step: 7.4 s against 0.1-0.3 s for the 538 seeds of one DSB2018 image (tests compare the two).
+    step: on one DSB2018 val image (538 seeds, one thread) ``cluster_embeddings`` took 2.9 s with scikit-learn
+    and 0.17 s with this (tests compare the two).
     """
     x = np.asarray(x, np.float64)
     if x.ndim != 2 or not len(x):
