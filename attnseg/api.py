@@ -437,6 +437,11 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
         from .export import OnnxModel
         model = OnnxModel(path, threads=threads)
         cpu = torch.device("cpu")
+        if model.meta.get("task") == "classification":
+            from .api_classification import ClassificationPredictor, OnnxClassifier
+            _refuse_for_classifier(model.meta, {**overrides, **instance_only})
+            return ClassificationPredictor(OnnxClassifier(model), model.meta, device=cpu,
+                                           precision=Precision(cpu, None, False), backend="onnx", source=str(path))
         if model.meta.get("task") == "instances":
             from .api_instances import InstancePredictor, OnnxInstanceModel
             return InstancePredictor(OnnxInstanceModel(model), model.meta, device=cpu,
@@ -448,6 +453,11 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
     dev = resolve_device(device)
     prec = Precision.resolve(dev, precision)
     model, meta = load_model(path, dev)
+    if meta.get("task") == "classification":
+        from .api_classification import ClassificationPredictor
+        _refuse_for_classifier(meta, {**overrides, **instance_only})
+        return ClassificationPredictor(prec.model(model), meta, device=dev, precision=prec, backend="torch",
+                                       source=str(path))
     if meta.get("task") == "instances":
         from .api_instances import InstancePredictor
         if mode not in (None, "whole") or crop or stride or scales or flip:
@@ -460,3 +470,31 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
                          "takes mode='slide' with crop and stride)")
     return Predictor(prec.model(model), meta, device=dev, precision=prec, backend="torch", source=str(path),
                      max_memory_gb=max_memory_gb, inference=overrides)
+
+
+def _refuse_for_classifier(meta: dict, settings: dict) -> None:
+    given = sorted(k for k, v in settings.items() if v is not None)
+    if given:
+        raise ValueError(f"{meta['model']} is a classifier: {', '.join(given)} apply to segmentation models (a "
+                         "classifier resizes each image to its training size)")
+
+
+def checkpoint_task(source) -> str:
+    """"semantic", "instances" or "classification": what the checkpoint, run directory or .onnx file predicts,
+    from its metadata (a safetensors header is read without the weights). A file that cannot be read says
+    "semantic": loading it then raises the error that names the problem."""
+    import json as _json
+    path = Path(source)
+    try:
+        if path.suffix.lower() == ".onnx":
+            from .export import OnnxModel
+            return OnnxModel(path).meta.get("task", "semantic")
+        from .engine.checkpoint import read_checkpoint, resolve_checkpoint
+        path = resolve_checkpoint(path)
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as f:
+                return _json.loads((f.metadata() or {}).get("attnseg", "{}")).get("task", "semantic")
+        return read_checkpoint(path)[1].get("task", "semantic")
+    except Exception:  # noqa: BLE001 (load() reports it properly)
+        return "semantic"

@@ -176,6 +176,8 @@ def cmd_eval(args) -> int:
     model = prec.model(model)
     if meta.get("task") == "instances":
         return eval_instances(args, model, meta, prec)
+    if meta.get("task") == "classification":
+        return eval_classification(args, model, meta, prec)
     ds = build_dataset(args.data, args.split, transform=Compose([_normalize_from(meta)]))
     if getattr(ds, "task", "semantic") != "semantic":
         raise ValueError(f"{args.data} holds instances but {meta['model']} is a semantic model; evaluate it on a "
@@ -267,6 +269,76 @@ def eval_instances(args, model, meta: dict, prec) -> int:
     return 0
 
 
+def _refuse_segmentation_flags(args, meta: dict) -> None:
+    flags = [f for f in ("mode", "crop", "stride", "tta", "test_scale", "tile", "tile_overlap", "max_side", "post",
+                         "max_memory") if getattr(args, f, None) is not None]
+    if getattr(args, "query", None):
+        flags.append("query")
+    if flags:
+        given = ", ".join("--" + f.replace("_", "-") for f in flags)
+        raise ValueError(f"{meta['model']} is a classifier: {given} apply to segmentation models (a classifier "
+                         "resizes each image to its training size and its glimpses need no query pixel)")
+
+
+def eval_classification(args, model, meta: dict, prec) -> int:
+    """``attnseg eval`` of a classifier: accuracy, error and the confusion matrix."""
+    from tqdm import tqdm
+
+    from .data import build_dataset, task_of
+    from .engine.classification import evaluate_classification
+    from .metrics.classification import format_classification, save_classification
+    _refuse_segmentation_flags(args, meta)
+    ds = build_dataset(args.data, args.split)
+    if task_of(ds) != "classification":
+        raise ValueError(f"{meta['model']} is a classifier but {args.data} is a {task_of(ds)} dataset; give a "
+                         "classification dataset (digits:task=...)")
+    size = tuple((meta.get("inference") or {}).get("input_size") or ())
+    if ds.class_names != meta["classes"]["names"] or (size and tuple(ds.size) != size):
+        raise ValueError(f"the checkpoint classifies {size[0]}x{size[1]} images into {meta['classes']['names']}; "
+                         f"{args.data} [{args.split}] holds {ds.size[0]}x{ds.size[1]} images of {ds.class_names}")
+    n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
+    t = time.time()
+    with tqdm(total=n, unit="img", desc="eval", dynamic_ncols=True, disable=args.no_progress,
+              mininterval=1.0 if sys.stderr.isatty() else 15.0) as bar:
+        s = evaluate_classification(model, ds, prec, args.max_images, progress=bar.update)
+    dt = time.time() - t
+    print(f"{args.data} [{args.split}], {n} samples, {prec.name}, {dt:.1f} s")
+    print(format_classification(s, ds.class_names))
+    if args.out:
+        save_classification(args.out, s, ds.class_names, extra={
+            "checkpoint": str(args.checkpoint), "data": args.data, "split": args.split, "precision": prec.name,
+            "seconds": round(dt, 2)})
+        print(f"metrics written to {args.out} (metrics.json, confusion.csv)")
+    return 0
+
+
+def predict_classification(args, predictor, images: list[Path], stems: list[str], out: Path) -> int:
+    """``attnseg predict`` of a classifier: ``<stem>_class.json`` per image, a line with the top classes, and
+    with ``--attention`` the glimpses step by step (``<stem>_glimpses.png``, ``<stem>_glimpse_<t>.png``)."""
+    _refuse_segmentation_flags(args, predictor.meta)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, stem in zip(images, stems):
+        result = predictor.predict(path, attention=args.attention)
+        written = result.save(out / stem)
+        top = ", ".join(f"{n} {100 * p:.1f} %" for n, p in result.top(3))
+        print(f"{path}: {result.name} ({top}), {result.timing_ms['total']:.0f} ms -> "
+              + ", ".join(str(w) for w in written))
+        for note in result.notes:
+            print(f"  {note}")
+        if result.attention is not None:
+            pictures, notes = result.attention.pictures()
+            for note in notes:
+                print(f"  {note}")
+            dests = []
+            for pic in pictures:
+                dest = out / f"{stem}_{pic.name}.png"
+                pic.to_pil().save(dest)
+                dests.append(dest)
+            if dests:
+                print("  glimpses: " + ", ".join(str(p) for p in dests))
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .api import load
     queries = getattr(args, "query", None) or []
@@ -285,6 +357,10 @@ def cmd_predict(args) -> int:
         raise ValueError("--attention needs the PyTorch checkpoint (an ONNX file holds only the logits); give the "
                          "run directory")
     images = collect_images(args.images)
+    from .api import checkpoint_task
+    if checkpoint_task(args.checkpoint) == "classification":
+        predictor = load(args.checkpoint, device=args.device, precision=args.precision)
+        return predict_classification(args, predictor, images, output_stems(images), out)
     tiles = {k: v for k, v in _tile_overrides(args).items() if k != "test_scale" and v is not None}
     predictor = load(args.checkpoint, device=args.device, precision=args.precision, max_memory_gb=args.max_memory,
                      **_inference_overrides(args), **tiles)
@@ -336,11 +412,13 @@ def cmd_models(args) -> int:
     from .models import MODELS, create_model, model_task
     print(f"{'model':32s} {'parameters (K=' + str(args.num_classes) + ')':>22s}")
     for name in sorted(MODELS):
-        instances = model_task(name) == "instances"
+        task = model_task(name)
+        instances = task == "instances"
         with torch.device("meta"):
-            m = create_model(name, num_classes=1 if instances else args.num_classes)
+            m = create_model(name, num_classes=1 if instances else 10 if task == "classification" else args.num_classes)
         print(f"{name:32s} {sum(p.numel() for p in m.parameters()) / 1e6:20.2f} M"
-              + ("   instances (one class)" if instances else ""))
+              + ("   instances (one class)" if instances else "")
+              + ("   classification (10 digits)" if task == "classification" else ""))
     return 0
 
 

@@ -273,26 +273,47 @@ def _quiet():
 
 
 # -- export --------------------------------------------------------------------------------------------------------
-def _trace(wrapper: ExportWrapper, name: str):
-    """torch.export of the wrapper with dynamic batch, height and width -> (ExportedProgram, (min_h, min_w))."""
+def input_layout(model: nn.Module, meta: dict) -> tuple[int, tuple[int, int] | None]:
+    """(channels, fixed (H, W) or None): segmentation models take (B, 3, H, W) of any size; a classifier
+    (``task = "classification"``) takes its training size and channel count (``meta["inference"]``), with a
+    dynamic batch only."""
+    if getattr(model, "task", "semantic") == "classification":
+        inf = meta.get("inference") or {}
+        size = inf.get("input_size") or (meta.get("preprocessing") or {}).get("input_size")
+        if not size:
+            raise ExportError("the checkpoint does not say the classifier's input size (meta inference.input_size); "
+                              "export a checkpoint written by attnseg train")
+        return int(inf.get("channels", getattr(model, "in_channels", 1))), (int(size[0]), int(size[1]))
+    return 3, None
+
+
+def _example(channels: int, fixed, batch: int, gen=None) -> torch.Tensor:
+    """An input for tracing and checks: standard-normal normalised images, or a classifier's images in [0, 1]."""
+    if fixed is None:
+        return torch.randn(batch, channels, *EXAMPLE_SIZE[1:], generator=gen)
+    return torch.rand(batch, channels, *fixed, generator=gen)
+
+
+def _trace(wrapper: ExportWrapper, name: str, channels: int = 3, fixed=None):
+    """torch.export of the wrapper with dynamic batch, height and width (a classifier: dynamic batch at its fixed
+    size) -> (ExportedProgram, (min_h, min_w))."""
     from torch.export import Dim
-    B, H, W = EXAMPLE_SIZE
-    example = torch.randn(B, 3, H, W, generator=torch.Generator().manual_seed(0))
-    dims = {"images": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
+    example = _example(channels, fixed, EXAMPLE_SIZE[0], torch.Generator().manual_seed(0))
+    dims = {"images": {0: Dim.DYNAMIC} if fixed else {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
     try:
         with _quiet():
             ep = torch.export.export(wrapper, (example,), dynamic_shapes=dims, strict=False)
     except Exception as e:  # noqa: BLE001 (any failure of the trace becomes one line)
         op = _unsupported_op(e)
         if op and re.search(r"Meta|fake|not implemented|NotImplemented", str(e), re.I):
-            found = ops_by_module(wrapper.model, torch.randn(1, 3, 64, 96))
+            found = ops_by_module(wrapper.model, _example(channels, fixed, 1) if fixed else torch.randn(1, 3, 64, 96))
             users = [u for k in _matching(found, _op_key(op)) for u in found[k]]
             raise _op_failure(name, op, users, "torch.export (no symbolic-shape kernel)") from e
         where = _user_location(e)
         raise ExportError(f"{name} cannot be traced by torch.export ({_short(e, 160)})"
                           + (f" at {where}" if where else "") + "; that code depends on tensor values or sizes in "
                           f"Python: {_EXPORT_HINT}") from e
-    return ep, _size_range(ep, name)
+    return ep, (tuple(fixed) if fixed else _size_range(ep, name))
 
 
 def _size_range(ep, name: str) -> tuple[int, int]:
@@ -360,7 +381,9 @@ def _to_onnx(ep, name: str, opset: int, with_ids: bool, small_input):
                           f"a newer --opset (default {DEFAULT_OPSET})")
     _optimize(prog.model)
     shape = prog.model.graph.inputs[0].shape
-    prog.rename_axes({shape[0]: "batch", shape[2]: "height", shape[3]: "width"})
+    # dynamic axes only (a classifier's height and width are fixed numbers)
+    names = {shape[i]: n for i, n in ((0, "batch"), (2, "height"), (3, "width")) if not isinstance(shape[i], int)}
+    prog.rename_axes(names)
     return prog
 
 
@@ -398,7 +421,7 @@ def _ort_failure(e: BaseException, scopes: dict[str, str], what: str) -> ExportE
 
 
 def check_parity(session, model: nn.Module, sizes, with_ids: bool = False, batch: int = 1, seed: int = 0,
-                 scopes: dict | None = None) -> list[dict]:
+                 scopes: dict | None = None, channels: int = 3, unit_range: bool = False) -> list[dict]:
     """Compare onnxruntime with PyTorch on random normalised images.
 
     Args:
@@ -408,6 +431,8 @@ def check_parity(session, model: nn.Module, sizes, with_ids: bool = False, batch
         with_ids: the file has the ``ids`` output (compared with PyTorch's argmax as well).
         batch, seed: of the random (B, 3, H, W) standard-normal images.
         scopes: ONNX node name -> module label, to explain a runtime failure.
+        channels, unit_range: the input's channels, and images uniform in [0, 1] (classifiers) instead of
+            standard-normal normalised ones.
 
     Returns:
         One dict per size: ``size`` [H, W], ``max_abs_diff``, ``logit_scale`` (max |PyTorch logits|),
@@ -418,7 +443,7 @@ def check_parity(session, model: nn.Module, sizes, with_ids: bool = False, batch
     results = []
     g = torch.Generator().manual_seed(seed)
     for H, W in sizes:
-        x = torch.randn(batch, 3, int(H), int(W), generator=g)
+        x = (torch.rand if unit_range else torch.randn)(batch, channels, int(H), int(W), generator=g)
         with torch.no_grad():
             ref = reference_logits(model, x)
         try:
@@ -512,10 +537,12 @@ def export_onnx(model: nn.Module, meta: dict, path, *, opset: int | None = None,
         raise ExportError(f"{name} has {nbytes / 2 ** 30:.1f} GiB of weights, over the 2 GiB of a single ONNX file; "
                           "use a narrower variant (width=...) to export it")
     t0 = time.perf_counter()
+    channels, fixed = input_layout(model, meta)
     with _eval_fp32_cpu(model) as m:
         wrapper = ExportWrapper(m, with_ids).eval()
-        ep, min_size = _trace(wrapper, name)
-        prog = _to_onnx(ep, name, opset, with_ids, lambda: ops_by_module(m, torch.randn(1, 3, 64, 96)))
+        ep, min_size = _trace(wrapper, name, channels, fixed)
+        prog = _to_onnx(ep, name, opset, with_ids, lambda: ops_by_module(
+            m, _example(channels, fixed, 1) if fixed else torch.randn(1, 3, 64, 96)))
         scopes = _node_scopes(prog.model)
         outputs = ["logits", "ids"] if with_ids else ["logits"]
         prog.model.metadata_props.update({
@@ -532,9 +559,16 @@ def export_onnx(model: nn.Module, meta: dict, path, *, opset: int | None = None,
             session = _session(path, threads or torch.get_num_threads())
         except Exception as e:  # noqa: BLE001
             raise _ort_failure(e, scopes, "load the exported model") from e
-        sizes = [tuple(s) for s in (check_sizes or default_check_sizes(meta))]
-        sizes = [(max(h, min_size[0]), max(w, min_size[1])) for h, w in sizes]
-        report["checks"] = check_parity(session, m, sizes, with_ids, scopes=scopes)
+        if fixed:   # a classifier takes one size; its batch is dynamic
+            if check_sizes and any(tuple(s) != fixed for s in check_sizes):
+                raise ExportError(f"{name} is a classifier of {fixed[0]}x{fixed[1]} images: the parity check runs at "
+                                  "that size only; drop --check-size")
+            report["checks"] = check_parity(session, m, [fixed], with_ids, batch=3, scopes=scopes,
+                                            channels=channels, unit_range=True)
+        else:
+            sizes = [tuple(s) for s in (check_sizes or default_check_sizes(meta))]
+            sizes = [(max(h, min_size[0]), max(w, min_size[1])) for h, w in sizes]
+            report["checks"] = check_parity(session, m, sizes, with_ids, scopes=scopes)
     report["parity_ok"] = all(parity_ok(c, atol) for c in report["checks"])
     return report
 
@@ -601,9 +635,15 @@ class OnnxModel:
         return iter(())
 
     def _run(self, images: torch.Tensor) -> list:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        channels = int((self.meta.get("inference") or {}).get("channels", 3))
+        if images.dim() != 4 or images.shape[1] != channels:
+            raise ValueError(f"expected images of shape (B, {channels}, H, W), got {tuple(images.shape)}")
         H, W = images.shape[-2:]
+        fixed = (self.meta.get("inference") or {}).get("input_size") if self.meta.get("task") == "classification" \
+            else None
+        if fixed and (H, W) != tuple(fixed):
+            raise ValueError(f"{self.path.name} classifies {fixed[0]}x{fixed[1]} images, not {H}x{W}; resize them "
+                             "(attnseg.load does)")
         if H < self.min_size[0] or W < self.min_size[1]:
             raise ValueError(f"{self.path.name} takes images of at least {self.min_size[0]}x{self.min_size[1]} "
                              f"(H x W), not {H}x{W}; resize or pad the image, or use the PyTorch checkpoint")
@@ -671,6 +711,7 @@ def cmd_export(args) -> int:
     model, meta = load_model(args.run)
     out = Path(args.out) if args.out else default_output(args.run)
     instances = getattr(model, "task", "semantic") == "instances"
+    classifier = getattr(model, "task", "semantic") == "classification"
     if instances and args.ids:
         raise ValueError(f"--ids is the argmax of a semantic model's logits; {meta['model']} is an instance model, "
                          "whose instances come from post-processing that is not exported")
@@ -680,8 +721,15 @@ def cmd_export(args) -> int:
                          check=not args.no_check)
     low = report["min_size"]
     print(f"wrote {out} ({report['bytes'] / 2 ** 20:.1f} MiB, opset {report['opset']}, outputs "
-          f"{', '.join(report['outputs'])}, dynamic batch and size" + (f" >= {low[0]}x{low[1]}" if max(low) > 2 else "")
+          f"{', '.join(report['outputs'])}, "
+          + (f"dynamic batch of {low[0]}x{low[1]} images" if classifier else "dynamic batch and size"
+             + (f" >= {low[0]}x{low[1]}" if max(low) > 2 else ""))
           + f", {report['export_s']:.0f} s)")
+    if classifier:
+        print(f"classifier: input (B, {model.in_channels}, {low[0]}, {low[1]}) grey in [0, 1], output logits (B, "
+              f"{len(meta['classes']['names'])})" + (" and ids (B,)" if args.ids else "")
+              + "; recurrent glimpses are unrolled, RAM follows its policy's means (deterministic); the glimpse "
+              "pictures need the PyTorch checkpoint")
     if instances:
         layout = ", ".join(f"{k} ({c} channel{'s' if c > 1 else ''})" for k, c in model.map_channels().items())
         print(f"instance model: the file's logits are the network's dense maps {layout}; the post-processing that "

@@ -266,6 +266,7 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     names = list(meta["classes"].get("names", []))
     K = len(names)
     instances = meta.get("task") == "instances"
+    classifier = meta.get("task") == "classification"
     missing: list[str] = []
     log = read_log(run / "log.jsonl") if run is not None and (run / "log.jsonl").is_file() else []
     start = next((r for r in reversed(log) if r.get("kind") == "start"), {})
@@ -275,7 +276,7 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
 
     # metrics: the checkpoint's own (they belong to these weights), else the run's files
     metrics, metrics_src = meta.get("metrics"), f"the checkpoint's metadata (validation at step {meta.get('step')})"
-    if (not metrics or instances) and run is not None and (run / "metrics.json").is_file():
+    if (not metrics or instances or classifier) and run is not None and (run / "metrics.json").is_file():
         metrics, metrics_src = json.loads((run / "metrics.json").read_text()), f"{_code('metrics.json')} of the run"
     if not metrics and run is not None and (run / "per_class.csv").is_file():
         metrics, metrics_src = read_per_class_csv(run / "per_class.csv"), f"{_code('per_class.csv')} of the run"
@@ -290,6 +291,9 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     if instances and metrics and metrics.get("DSB") is not None:
         summary += (f": DSB score **{metrics['DSB']:.3f}**, SBD {_pct(metrics.get('SBD'), 1)}, |DiC| "
                     f"{metrics.get('|DiC|', float('nan')):.2f} on the {data.get('protocol_name', 'validation split')}")
+    if classifier and metrics and metrics.get("accuracy") is not None:
+        summary += (f": accuracy **{_pct(metrics['accuracy'])} %** (error {_pct(metrics.get('error'))} %) on the "
+                    f"{data.get('protocol_name', 'validation split')}")
     if miou is not None:
         summary += f": **{_pct(miou)} % mIoU** on the {data.get('protocol_name', 'validation split')}"
     if meta.get("step") is not None:
@@ -325,6 +329,8 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
         L.append(f"- parameters: {n_params / 1e6:.2f} M ({n_params:,}), "
                  + (f"instances of {', '.join(names[1:])}" if instances else f"K = {K} classes"))
     crop = cfg.get("crop")
+    if classifier:   # a classifier sees its own input size, not the segmentation crop
+        crop = (meta.get("inference") or {}).get("input_size") or crop
     if crop:
         gf, problem = _gflops(meta, crop)
         if problem:
@@ -361,9 +367,13 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
         L.append(f"- instances of {', '.join(names[1:])}: instance id maps, 0 = background")
     elif names:
         ign = meta["classes"].get("ignore_index", 255)
-        L.append(f"- classes ({K}): {', '.join(names)}; label {ign} is ignored")
+        L.append(f"- classes ({K}): {', '.join(names)}" + ("" if classifier else f"; label {ign} is ignored"))
     pre = meta.get("preprocessing") or {}
-    if pre:
+    if pre and classifier:
+        size = pre.get("input_size") or ["?", "?"]
+        L.append(f"- preprocessing: grey images in [0, 1] at {size[0]}x{size[1]} ({pre.get('channels', 1)} channel); "
+                 "`attnseg predict` and the web page convert colour to grey and resize to that size")
+    elif pre:
         L.append(f"- preprocessing: RGB in [0, 1] normalised by mean {pre.get('mean')} and std {pre.get('std')}; "
                  f"training images resized by base_scale {pre.get('base_scale', 1.0):g}")
     L.append("")
@@ -373,7 +383,10 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     if data.get("protocol"):
         L.append(f"- {data['protocol']}")
     inf = meta.get("inference") or {}
-    if inf:
+    if inf and classifier:
+        L.append("- inference: one forward at the training size; recurrent glimpses deterministic (RAM follows the "
+                 "mean of its location policy)")
+    elif inf:
         L.append(f"- inference: {_inference_line(inf)}")
     if cfg:
         vm = cfg.get("val_max_images")
@@ -400,10 +413,12 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
               f"- optimiser: {cfg.get('optimizer')} lr {cfg.get('lr'):g}, weight decay {cfg.get('weight_decay'):g}, "
               f"warm-up {cfg.get('warmup_iters')} steps, poly {cfg.get('poly_power'):g} decay, grad clip "
               f"{cfg.get('grad_clip')}",
-              f"- batch: {cfg.get('batch_size')} per process x {world} process(es); crop {cfg.get('crop')}, "
-              f"base_scale {cfg.get('base_scale'):g}, random scale {cfg.get('scale_range')}, flip "
-              f"{_onoff(cfg.get('flip'))}, photometric jitter {_onoff(cfg.get('jitter'))}",
-              ("- loss: the model's own (see its paper and module docstring)" if instances else
+              (f"- batch: {cfg.get('batch_size')} per process x {world} process(es); the data draws its own "
+               "translations, distortions and clutter every epoch (attnseg.data.digits)" if classifier else
+               f"- batch: {cfg.get('batch_size')} per process x {world} process(es); crop {cfg.get('crop')}, "
+               f"base_scale {cfg.get('base_scale'):g}, random scale {cfg.get('scale_range')}, flip "
+               f"{_onoff(cfg.get('flip'))}, photometric jitter {_onoff(cfg.get('jitter'))}"),
+              ("- loss: the model's own (see its paper and module docstring)" if instances or classifier else
                f"- loss: cross-entropy, class weights {cfg.get('class_weights') or 'none'}"
                + (f" ^ {cfg.get('class_weight_power'):g}" if cfg.get("class_weights") else "")
                + f", aux weight {cfg.get('aux_weight'):g}, label smoothing {cfg.get('label_smoothing'):g}"),
@@ -415,7 +430,13 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
 
     # -- results
     L += ["## Results", ""]
-    if instances and metrics and metrics.get("DSB") is not None:
+    if classifier and metrics and metrics.get("confusion") is not None:
+        from .metrics.classification import format_confusion
+        head = f"From {metrics_src}" + (f", {data['protocol_name']}" if data.get("protocol_name") else "")
+        L += [head + f": **accuracy {_pct(metrics.get('accuracy'))} %**, error {_pct(metrics.get('error'))} %, mean "
+              f"per-class recall {_pct(metrics.get('mAcc'))} % over {metrics.get('samples')} samples. Confusion "
+              "matrix (rows: true class):", "", "```", format_confusion(metrics["confusion"], names), "```", ""]
+    elif instances and metrics and metrics.get("DSB") is not None:
         from .metrics.report import format_instance_table
         head = f"From {metrics_src}" + (f", {data['protocol_name']}" if data.get("protocol_name") else "")
         L += [head + " (scores in %, counts as numbers; METHODS.md §4.6 defines them):", "", "```",
@@ -447,7 +468,14 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
     else:
         missing.append("the learning-curve picture: " + ("no learning_curve.png in the run directory" if run
                                                          else "a checkpoint file alone has none"))
-    if vals and instances:
+    if vals and classifier:
+        L += ["| step | epoch | train min | val samples | train loss | accuracy % |", "|---|---|---|---|---|---|"]
+        for v in vals:
+            loss = next((t.get("loss") for t in reversed(trains) if t.get("step", 0) <= v.get("step", 0)), None)
+            L.append(f"| {v.get('step')} | {v.get('epoch')} | {v.get('elapsed', 0) / 60:.1f} | {v.get('images')} | "
+                     f"{'-' if loss is None else f'{loss:.3f}'} | {_pct(v.get('accuracy'))} |")
+        L.append("")
+    elif vals and instances:
         L += ["| step | epoch | train min | val images | train loss | DSB | SBD % | abs DiC |",
               "|---|---|---|---|---|---|---|---|"]
         for v in vals:

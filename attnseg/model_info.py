@@ -195,9 +195,9 @@ def model_info(name: str, size=DEFAULT_SIZE, num_classes: int = 21, batch: int =
     if model_task(name) == "instances":  # one instance class (K counts semantic classes)
         num_classes = 1
     batch = _positive_int(batch, "--batch")
-    shape = (batch, 3, H, W)
     device, fallback = "meta", None
     model = build(name, num_classes, "meta", **kwargs)
+    shape = (batch, getattr(model, "in_channels", 3), H, W)   # classifiers of grey digits take one channel
     try:
         flops, by_module, calls = _count(model, torch.empty(shape, device="meta"))
         memory = estimate_inference_bytes(model, shape, meta_model=model)
@@ -238,7 +238,7 @@ def format_info(info: dict) -> str:
     B, _, H, W = info["input"]
     opts = ", ".join(f"{k}={v}" for k, v in info["model_kwargs"].items())
     lines = [f"{info['model']}" + (f" ({opts})" if opts else "") + f": K={info['num_classes']}, input "
-             f"{B}x3x{H}x{W}" + ("" if info["device"] == "meta" else
+             f"{B}x{info['input'][1]}x{H}x{W}" + ("" if info["device"] == "meta" else
                                  f" (counted on the CPU: the meta device failed with {info['meta_failed']})"),
              f"  parameters         {info['params'] / 1e6:.2f} M ({info['params']:,}; trainable "
              f"{info['trainable_params']:,}), {_mib(info['weights_bytes'])} of weights and buffers",

@@ -51,6 +51,7 @@ from attnseg.models import MODELS, create_model, model_task  # noqa: E402
 
 SIZE = (360, 480)
 NUM_CLASSES = 11
+CLASSIFIER_SIZE, CLASSIFIER_CLASSES = (60, 60), 10   # the digit classifiers (task "classification")
 RESULTS_MD = "RESULTS.md"  # beside MODEL_ZOO.md in docs/
 
 #: trained figures, copied by hand from docs/RESULTS.md (section = its heading there). Every CamVid figure before
@@ -208,8 +209,10 @@ def cpu_name() -> str:
 
 def measure_speed(name: str, repeats: int, bf16: bool) -> dict:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=1 if model_task(name) == "instances" else NUM_CLASSES).eval()
-    x = torch.randn(1, 3, *SIZE)
+    task = model_task(name)
+    k = 1 if task == "instances" else CLASSIFIER_CLASSES if task == "classification" else NUM_CLASSES
+    model = create_model(name, num_classes=k).eval()
+    x = torch.rand(1, 1, *CLASSIFIER_SIZE) if task == "classification" else torch.randn(1, 3, *SIZE)
     row = {}
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):
         prec = Precision.resolve(torch.device("cpu"), precision, channels_last=True)
@@ -268,21 +271,23 @@ def render_markdown(doc: dict) -> str:
           "convolutions and matmuls only). `attnseg info MODEL --num-classes 11` prints the same figures with the "
           "memory of the activations and of every attention map.", "",
           "| model | config (budget) | params (M) | GFLOPs | fp32 img/s | bf16 img/s | "
-          "trained: CamVid mIoU % or DSB2018 score "
+          "trained: CamVid mIoU %, DSB2018 score or digits test error "
           "(protocol, budget) | train it |",
           "|---|---|---|---|---|---|---|---|"]
     for name in sorted(rows):
         r = rows[name]
         cfg = r.get("config")
         cfg_cell = f"`{cfg}` ({r['config_budget']})" if cfg else "none"
-        params, gfl = f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}"
+        small = r["gflops"] < 0.05   # the digit classifiers: three decimals
+        params, gfl = f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.3f}" if small else f"{r['gflops']:.1f}"
         if r.get("config_options"):
             opts = ", ".join(f"{k}: {json.dumps(v)}" for k, v in r["config_options"].items())
             cfg_cell += f"<br>sets {opts}"
             if r.get("params_config") is not None and f"{r['params_config'] / 1e6:.2f}" != params:
                 params += f" ({r['params_config'] / 1e6:.2f})"
-            if r.get("gflops_config") is not None and f"{r['gflops_config']:.1f}" != gfl:
-                gfl += f" ({r['gflops_config']:.1f})"
+            if r.get("gflops_config") is not None:
+                cfg_gfl = f"{r['gflops_config']:.3f}" if small else f"{r['gflops_config']:.1f}"
+                gfl += f" ({cfg_gfl})" if cfg_gfl != gfl else ""
         sp = r.get("speed")
         if sp:
             tag = f" [{machines[json.dumps(sp['machine'], sort_keys=True)][0]}]" if len(machines) > 1 else ""
@@ -297,6 +302,8 @@ def render_markdown(doc: dict) -> str:
         train = f"`attnseg train configs/{cfg}`" if cfg else "-"
         if r.get("base_config"):  # a refinement stage on the weights of another run: that run first
             train = f"`attnseg train configs/{r['base_config']}`, then {train}"
+        if r.get("input"):   # a classifier: its figures are at its own input size
+            gfl += f" (at {r['input']})"
         L.append(f"| `{name}` | {cfg_cell} | {params} | {gfl} | {fp32} | {bf16} | {trained} | {train} |")
     L += ["", "## Trained figures", "",
           "Copied from [docs/RESULTS.md](RESULTS.md) (the linked section has the per-class table, the command and "
@@ -364,14 +371,17 @@ def main(argv=None):
         old = previous.get(name, {})
         files = configs.get(name, [])
         cfg, opts = files[0] if files else (None, {})
-        info = model_info(name, size=SIZE, num_classes=NUM_CLASSES)
+        classifier = model_task(name) == "classification"   # digits: grey 60x60, 10 classes
+        size, k = (CLASSIFIER_SIZE, CLASSIFIER_CLASSES) if classifier else (SIZE, NUM_CLASSES)
+        info = model_info(name, size=size, num_classes=k)
         row = {"params": info["params"], "gflops": info["gflops"], "config": cfg,
                "config_budget": config_budget(folder, cfg) if cfg else None,
                "config_options": opts, "other_configs": [f for f, _ in files[1:]],
                "base_config": base_config(folder, opts),
-               "trained": TRAINED.get(name, []), "speed": old.get("speed")}
+               "trained": TRAINED.get(name, []), "speed": old.get("speed"),
+               "input": f"1x{CLASSIFIER_SIZE[0]}x{CLASSIFIER_SIZE[1]} grey, K=10" if classifier else None}
         if opts:
-            ci = model_info(name, size=SIZE, num_classes=NUM_CLASSES, **opts)
+            ci = model_info(name, size=size, num_classes=k, **opts)
             row.update(params_config=ci["params"], gflops_config=ci["gflops"])
         if measure and not args.skip_speed:
             t = time.time()

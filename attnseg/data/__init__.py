@@ -26,8 +26,11 @@ READERS = {
     "instances": "attnseg.data.instance_folder",
     "nuclei": "attnseg.data.synthetic_instances:build_nuclei",
     "rosettes": "attnseg.data.synthetic_instances:build_rosettes",
+    # classification (``task = "classification"``): centred, translated and cluttered digits
+    "digits": "attnseg.data.digits",
 }
 INSTANCE_KINDS = ("dsb2018", "cvppp", "coco", "instances", "nuclei", "rosettes")
+CLASSIFICATION_KINDS = ("digits",)
 
 
 def parse_data_spec(spec: str) -> tuple[str, str]:
@@ -47,16 +50,17 @@ def build_dataset(spec: str, split: str = "train", transform=None, **kwargs):
     kind, root = parse_data_spec(spec)
     module_name, _, func = READERS[kind].partition(":")
     build = getattr(importlib.import_module(module_name), func or "build")
-    if kind in INSTANCE_KINDS:
+    if kind in INSTANCE_KINDS or kind in CLASSIFICATION_KINDS:
         return build(root, split=split, transform=transform).configure(cache=kwargs.get("cache", False),
                                                                       seed=kwargs.get("seed", 0))
     return build(root, split=split, transform=transform, **kwargs)
 
 
 def task_of(dataset) -> str:
-    """"semantic" or "instances"."""
+    """"semantic", "instances" or "classification"."""
     return getattr(dataset, "task", "semantic")
 
 
 __all__ = ["LabelSpec", "CAMVID", "VOC", "CITYSCAPES", "SegmentationDataset", "DataError", "read_image",
-           "read_label", "build_dataset", "task_of", "INSTANCE_KINDS", "parse_data_spec", "sample_seed", "READERS"]
+           "read_label", "build_dataset", "task_of", "INSTANCE_KINDS", "CLASSIFICATION_KINDS", "parse_data_spec",
+           "sample_seed", "READERS"]

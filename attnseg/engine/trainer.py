@@ -7,6 +7,7 @@ checkpoint. A run resumed from ``last.pt`` therefore continues on exactly the ba
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, trai
 from ..losses import class_pixel_stats, median_frequency_weights, segmentation_loss
 from ..models import create_model, model_task
 from . import checkpoint as ckpt_io
+from .classification import evaluate_classification
 from .config import TrainConfig, config_to_dict, save_config
 from .distributed import all_reduce_mean, barrier, cleanup, init_distributed, wrap_model
 from .inference import InferenceConfig, evaluate
@@ -95,6 +97,7 @@ def inference_config(cfg: TrainConfig) -> InferenceConfig:
 
 #: what best.safetensors may be selected by (|DiC|, AvgFP and AvgFN: lower is better)
 SEMANTIC_VAL_METRICS = ("mIoU", "aAcc", "mAcc")
+CLASSIFICATION_VAL_METRICS = ("accuracy", "mAcc")
 INSTANCE_VAL_METRICS = ("DSB", "SBD", "|DiC|", "fgDice", "PQ", "AP", "AP50", "AP75", "MWCov", "MUCov")
 
 
@@ -194,6 +197,8 @@ class Trainer:
                              "dataset; pick a model of that task (attnseg models) or another dataset")
         if self.task == "instances":
             self._setup_instance_data()
+        elif self.task == "classification":
+            self._setup_classification_data()
         else:
             self._setup_semantic_data()
         self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -279,12 +284,50 @@ class Trainer:
             raise ValueError(f"{', '.join(semantic)} set the semantic inference modes; {cfg.model} is an instance "
                              "model: it tiles large images by tile_max_side, tile_size and tile_overlap")
 
+    def _setup_classification_data(self):
+        """Classification datasets (digits) draw their own translations, distortions and clutter per epoch: the image
+        pipeline keys of the segmentation tasks do not apply and are refused when changed."""
+        cfg = self.cfg
+        names = self.train_set.class_names
+        self.spec = LabelSpec(names)
+        self.val_set = build_dataset(cfg.val_data or cfg.data, cfg.val_split, cache=cfg.cache, seed=cfg.seed)
+        if task_of(self.val_set) != "classification" or self.val_set.class_names != names:
+            raise ValueError(f"train and val datasets must both be classification datasets of the same classes: "
+                             f"{names} vs {getattr(self.val_set, 'class_names', 'a ' + task_of(self.val_set))}")
+        if self.val_set.size != self.train_set.size:
+            raise ValueError(f"train images are {self.train_set.size} but val images {self.val_set.size}; a classifier "
+                             "is validated at its training size")
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        pipeline = [k for k in ("crop", "scale_range", "base_scale", "flip", "jitter", "cat_max_ratio", "eval_mode",
+                                "eval_scales", "eval_flip", "eval_crop", "eval_stride", "test_scale",
+                                "class_weights")
+                    if getattr(cfg, k) != defaults[k]]
+        if pipeline:
+            raise ValueError(f"{', '.join(pipeline)} set the segmentation image pipeline; {cfg.model} is a classifier "
+                             f"and {cfg.data} draws its own augmentation (see attnseg.data.digits)")
+        self.model = create_model(cfg.model, num_classes=len(names), **cfg.model_kwargs)
+        self.run_dir = Path(cfg.run_dir)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.train_set.check_labels()
+        self.val_set.check_labels()
+        self.class_weights = None
+        self.infer_cfg = None
+        self.val_metric = cfg.val_metric or "accuracy"
+        if self.val_metric not in CLASSIFICATION_VAL_METRICS:
+            raise ValueError(f"val_metric {self.val_metric!r} is not a classification metric; choose one of "
+                             f"{', '.join(CLASSIFICATION_VAL_METRICS)}")
+
     # -- state -------------------------------------------------------------------------------------------------
     def meta(self) -> dict:
+        if self.task == "classification":
+            pre = {"mean": [0.0], "std": [1.0], "channels": self.model.in_channels, "range": [0, 1],
+                   "input_size": list(self.train_set.size)}
+        else:
+            pre = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "base_scale": self.cfg.base_scale,
+                   "test_scale": self.infer_cfg.test_scale}
         return {
             "model": self.cfg.model, "model_kwargs": self.cfg.model_kwargs, "classes": self.spec.to_dict(),
-            "preprocessing": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                              "base_scale": self.cfg.base_scale, "test_scale": self.infer_cfg.test_scale},
+            "preprocessing": pre,
             "task": self.task,
             "inference": self._inference_meta(),
             "config": config_to_dict(self.cfg), "num_params": self.num_params, "command": self.command,
@@ -296,6 +339,8 @@ class Trainer:
 
     def _inference_meta(self) -> dict:
         c = self.infer_cfg
+        if self.task == "classification":
+            return {"input_size": list(self.train_set.size), "channels": self.model.in_channels}
         if self.task == "instances":
             return {"test_scale": c.test_scale, "max_side": c.max_side, "tile": c.tile, "overlap": c.overlap}
         return {"mode": c.mode, "crop": c.crop, "stride": c.stride, "scales": list(c.scales), "flip": c.flip,
@@ -401,6 +446,11 @@ class Trainer:
             with self.prec.autocast():
                 out = self.ddp_model(x)
             loss, parts = self.model.loss(out, y)  # the model owns its loss (computed in float32)
+        elif self.task == "classification":
+            y = batch["label"].to(self.prec.device, non_blocking=True)
+            with self.prec.autocast():
+                out = self.ddp_model(x)
+            loss, parts = self.model.loss(out, y)  # cross-entropy; RAM adds REINFORCE and its baseline
         else:
             y = batch["label"].to(self.prec.device, non_blocking=True)
             with self.prec.autocast():
@@ -422,6 +472,8 @@ class Trainer:
     def validate(self, final: bool = False) -> tuple[dict, object]:
         if self.task == "instances":
             return self.validate_instances(final)
+        if self.task == "classification":
+            return self.validate_classification(final)
         limit = None if final else self.cfg.val_max_images
         t = time.time()
         metrics, cm = evaluate(self.model, self.val_set, self.infer_cfg, self.prec, limit, self.rank, self.world)
@@ -468,6 +520,25 @@ class Trainer:
             self.best = score
             self.save_weights("best.safetensors")
         return summary, rows
+
+    def validate_classification(self, final: bool = False) -> tuple[dict, None]:
+        limit = None if final else self.cfg.val_max_images
+        t = time.time()
+        s = evaluate_classification(self.model, self.val_set, self.prec, limit, self.rank, self.world)
+        s["eval_s"] = round(time.time() - t, 1)
+        if self.main:
+            rec = {"kind": "val", "step": self.step, "epoch": self.epoch, "elapsed": round(self.elapsed, 1),
+                   "images": s["samples"], "accuracy": s["accuracy"], "error": s["error"], "mAcc": s["mAcc"]}
+            self.log.write(rec)
+            if self.tb:
+                self.tb.add_scalar("val/accuracy", s["accuracy"], self.step)
+            print(f"[val] step {self.step} {self.elapsed / 60:.1f} min: accuracy {100 * s['accuracy']:.2f} % "
+                  f"(error {100 * s['error']:.2f} %, {s['samples']} samples, {s['eval_s']} s)", flush=True)
+        self.last_metrics = {k: s[k] for k in ("accuracy", "error", "mAcc")}
+        if self.main and s[self.val_metric] > self.best:
+            self.best = s[self.val_metric]
+            self.save_weights("best.safetensors")
+        return s, None
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -560,6 +631,17 @@ class Trainer:
         return _instance_pictures(self)
 
     def write_report(self, metrics: dict, cm) -> None:
+        if self.task == "classification":
+            from ..metrics.classification import format_classification, save_classification
+            save_classification(self.run_dir, metrics, self.spec.names, extra={
+                "step": self.step, "elapsed_s": round(self.elapsed, 1), "precision": self.prec.name,
+                "num_params": self.num_params, "model": self.cfg.model, "data": self.cfg.val_data or self.cfg.data,
+                "split": self.cfg.val_split})
+            text = format_classification(metrics, self.spec.names)
+            (self.run_dir / "metrics.txt").write_text(text + "\n")
+            print(text, flush=True)
+            _glimpse_pictures(self)
+            return
         if self.task == "instances":
             from ..metrics.report import format_instance_table, save_instance_metrics
             save_instance_metrics(self.run_dir, metrics, cm, extra={
@@ -590,6 +672,27 @@ def _instance_pictures(trainer: Trainer, count: int = 4) -> list[Path]:
         res = infer_instances(trainer.model, trainer.val_set[i]["image"], trainer.infer_cfg, trainer.prec)
         path = out / f"{trainer.val_set.sample_name(i).replace('/', '_')}.png"
         Image.fromarray(comparison_panel(image, gt, res["ids"])).save(path)
+        written.append(path)
+    return written
+
+
+def _glimpse_pictures(trainer: Trainer, count: int = 4) -> list[Path]:
+    """``pictures/<name>.png`` for the first ``count`` val samples: the glimpses step by step."""
+    from PIL import Image
+
+    from ..viz.glimpses import glimpse_strip
+    from .classification import classify
+    out = trainer.run_dir / "pictures"
+    out.mkdir(exist_ok=True)
+    written = []
+    for i in range(min(count, len(trainer.val_set))):
+        item = trainer.val_set[i]
+        res = classify(trainer.model, item["image"][None], trainer.prec, glimpses=True)
+        image = (item["image"][0].numpy() * 255).astype(np.uint8)
+        pred = int(res["probs"][0].argmax())
+        title = f"true {trainer.spec.names[int(item['label'])]}, predicted {trainer.spec.names[pred]}"
+        path = out / f"{trainer.val_set.sample_name(i)}.png"
+        Image.fromarray(glimpse_strip(image, res["glimpses"][0], title)).save(path)
         written.append(path)
     return written
 

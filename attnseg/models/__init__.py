@@ -11,16 +11,21 @@ from functools import partial
 
 from .attention_to_scale import attention_to_scale
 from .base import SegmentationModel
+from .classifier_base import ClassifierModel
+from .cnn_classifier import cnn_classifier
 from .deconvnet import deconvnet_vgg16
 from .deeplab_largefov import deeplab_largefov_vgg16
 from .discriminative_embedding import discriminative_embedding
+from .draw_classifier import draw_classifier
 from .farabet import farabet
 from .fcn import fcn_resnet, fcn_vgg16
 from .fg_boundary_watershed import fg_boundary_watershed
 from .flanet import flanet
 from .instance_base import InstanceModel
+from .ram import ram
 from .recurrent_refinement import recurrent_refinement
 from .segaware import segaware, segaware_crf
+from .st_cnn import st_cnn
 
 MODELS = {
     "fcn32s_resnet18": partial(fcn_resnet, variant="32s", depth=18),
@@ -66,11 +71,23 @@ MODELS["unet_watershed_w16"] = partial(fg_boundary_watershed, width=16)
 MODELS["unet_discriminative"] = discriminative_embedding
 MODELS["unet_discriminative_w16"] = partial(discriminative_embedding, width=16)
 INSTANCE_MODELS = ("unet_watershed", "unet_watershed_w16", "unet_discriminative", "unet_discriminative_w16")
+# Attention over locations (task "classification", digits): a plain CNN, a CNN behind a spatial transformer
+# (affine, or scale + translation), RAM's hard glimpses trained by REINFORCE (RNN or LSTM core), and the recurrent
+# classifier reading through DRAW's Gaussian filter bank; the number of glimpses is a model option
+MODELS["cnn_classifier"] = cnn_classifier
+MODELS["st_cnn"] = st_cnn
+MODELS["st_cnn_scale"] = partial(st_cnn, mode="attention")
+MODELS["ram"] = ram
+MODELS["ram_lstm"] = partial(ram, core="lstm")
+MODELS["draw_read"] = draw_classifier
+CLASSIFICATION_MODELS = ("cnn_classifier", "st_cnn", "st_cnn_scale", "ram", "ram_lstm", "draw_read")
 
 
 def model_task(name: str) -> str:
-    """"semantic" or "instances": what a registered model predicts."""
-    return "instances" if name in INSTANCE_MODELS else "semantic"
+    """"semantic", "instances" or "classification": what a registered model predicts."""
+    if name in INSTANCE_MODELS:
+        return "instances"
+    return "classification" if name in CLASSIFICATION_MODELS else "semantic"
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> SegmentationModel:
@@ -114,5 +131,5 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-__all__ = ["MODELS", "INSTANCE_MODELS", "InstanceModel", "model_task", "create_model", "list_models", "model_options",
-           "check_kwargs", "SegmentationModel"]
+__all__ = ["MODELS", "INSTANCE_MODELS", "CLASSIFICATION_MODELS", "ClassifierModel", "InstanceModel", "model_task",
+           "create_model", "list_models", "model_options", "check_kwargs", "SegmentationModel"]

@@ -251,8 +251,10 @@ def predict_response(hub: ModelHub, name: str, predictor, image: np.ndarray, que
         raise RequestError(413 if "over the limit" in str(e) else 400, str(e)) from None
     finally:
         hub.running(name, -1)
-    H, W = result.ids.shape
-    if getattr(result, "kind", "semantic") == "instance":
+    if getattr(result, "kind", "semantic") == "classification":
+        out = classification_response(result, name)
+        out["token"] = hub.keep(name, result)
+    elif getattr(result, "kind", "semantic") == "instance":
         out = instance_response(result, name, raw_ids)
         out["token"] = hub.keep(name, result)
     else:
@@ -299,6 +301,23 @@ def instance_response(result, name: str, raw_ids: bool) -> dict:
     if raw_ids:
         out["ids_raw"] = base64.b64encode(np.ascontiguousarray(result.ids, dtype="<u2").tobytes()).decode("ascii")
     return out
+
+
+def classification_response(result, name: str) -> dict:
+    """A classifier's answer: ``kind: "classification"``, the class (``label``, ``class``, ``score``), every class's
+    probability (``probs``; ``stats`` rows sorted by probability, for the page's table), the top three, and the
+    size of the input it was resized to; no per-pixel map."""
+    from ..data.labels import default_palette
+    H, W = result.image.shape[:2]
+    palette = [list(c) for c in default_palette(len(result.class_names))]
+    stats = sorted(({"id": k, "name": n, "color": palette[k], "share": float(p), "confidence": float(p)}
+                    for k, (n, p) in enumerate(zip(result.class_names, result.probs))), key=lambda r: -r["share"])
+    data = result.to_json()
+    return {"kind": "classification", "model": name, "width": W, "height": H, "classes": list(result.class_names),
+            "palette": palette, "label": data["label"], "class": data["class"], "score": data["score"],
+            "probs": data["probs"], "top": data["top"], "stats": stats, "input_size": data["input_size"],
+            "inference": f"resized to {data['input_size'][1]}x{data['input_size'][0]}, grey",
+            "notes": list(result.notes)}
 
 
 def semantic_response(result, name: str, raw_ids: bool) -> dict:
@@ -387,6 +406,9 @@ def create_app(predictors: dict, settings: ServeSettings | None = None):
         except (ValueError, KeyError, TypeError):
             raise RequestError(400, 'POST /api/attention takes JSON {"token": ..., "y": row, "x": column}') from None
         name, result = hub.kept(token)
+        if getattr(result, "kind", "") == "classification":
+            raise RequestError(400, f"model {name} is a classifier: its glimpses do not depend on a pixel and came "
+                                    "with the prediction")
         if result.attention is None:
             raise RequestError(400, f"model {name} returned no attention maps for this prediction")
 

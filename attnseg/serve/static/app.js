@@ -42,10 +42,13 @@ function describeModel() {
   const m = state.models.find((x) => x.name === $("model").value);
   if (!m) { $("model-info").textContent = ""; return; }
   const instances = m.task === "instances";
-  const parts = [m.model, instances ? `instances of ${m.classes.slice(1).join(", ")}` : `${m.classes.length} classes`];
+  const classifier = m.task === "classification";
+  const parts = [m.model, instances ? `instances of ${m.classes.slice(1).join(", ")}`
+    : classifier ? `classifier of ${m.classes.length} classes` : `${m.classes.length} classes`];
   if (m.num_params) parts.push(`${(m.num_params / 1e6).toFixed(2)} M parameters`);
   if (m.metrics && m.metrics.mIoU !== undefined) parts.push(`val mIoU ${(100 * m.metrics.mIoU).toFixed(2)} %`);
   if (m.metrics && m.metrics.DSB !== undefined) parts.push(`val DSB score ${m.metrics.DSB.toFixed(3)}`);
+  if (m.metrics && m.metrics.accuracy !== undefined) parts.push(`val accuracy ${(100 * m.metrics.accuracy).toFixed(2)} %`);
   if (m.step) parts.push(`${m.step} steps`);
   parts.push(m.backend, m.precision, m.inference);
   $("model-info").textContent = parts.join(" · ");
@@ -89,16 +92,23 @@ async function predict(file) {
     showError("the browser cannot draw this image, but the server predicted it: the downloads below still work");
   }
   state.result = body;
-  const raw = decodeBase64(body.ids_raw);
-  // instance models send uint16 little-endian ids (one per instance), semantic models uint8 class ids
-  state.ids = body.kind === "instance" ? new Uint16Array(raw.buffer, 0, raw.length / 2) : raw;
+  if (body.kind === "classification") {
+    state.ids = null;   // one class for the whole image: no map to overlay
+  } else {
+    const raw = decodeBase64(body.ids_raw);
+    // instance models send uint16 little-endian ids (one per instance), semantic models uint8 class ids
+    state.ids = body.kind === "instance" ? new Uint16Array(raw.buffer, 0, raw.length / 2) : raw;
+  }
   state.query = null;
   setupCanvas(bitmap, body);
   $("timing").textContent = `model ${body.timing_ms.inference.toFixed(0)} ms · server ${body.timing_ms.server.toFixed(0)} ms` +
     ` · round trip ${roundTrip.toFixed(0)} ms · ${body.width}×${body.height} · ${body.inference}`;
   renderLegend(body);
   renderDownloads(body);
-  const found = body.kind === "instance" ? [`${body.count} instances found.`] : [];
+  const found = body.kind === "instance" ? [`${body.count} instances found.`]
+    : body.kind === "classification" ? [`predicted class ${body.class} (${percent(body.score)}).`] : [];
+  $("prediction").textContent = body.kind === "classification" ? `${body.class} · ${percent(body.score)}` : "";
+  $("prediction").hidden = body.kind !== "classification";
   $("notes").textContent = found.concat(body.notes || []).join(" ");
   renderAttention(body.attention, false);
   $("result").hidden = false;
@@ -121,6 +131,7 @@ function setupCanvas(bitmap, body) {
 
 function overlayPixels(alpha) {
   const { base, ids, result } = state;
+  if (!ids) return base;   // a classifier: the picture itself
   const out = new ImageData(base.width, base.height);
   const src = base.data, dst = out.data, pal = result.palette;
   for (let i = 0, p = 0; i < ids.length; i++, p += 4) {
@@ -167,6 +178,10 @@ function onHover(event) {
   const p = pixelAt(event);
   for (const row of document.querySelectorAll("#legend tr.hover")) row.classList.remove("hover");
   if (!p) return;
+  if (!state.ids) {
+    $("hover").textContent = `(${p[0]}, ${p[1]}): the whole image is class ${state.result.class}`;
+    return;
+  }
   const id = state.ids[p[0] * state.result.width + p[1]];
   const name = state.result.classes[id];
   $("hover").textContent = state.result.kind === "instance"
@@ -200,14 +215,15 @@ async function onClick(event) {
 }
 
 function renderLegend(body) {
-  const head = body.kind === "instance" ? ["instance", "share", "score"] : ["class", "share", "confidence"];
+  const head = body.kind === "instance" ? ["instance", "share", "score"]
+    : body.kind === "classification" ? ["class", "probability", ""] : ["class", "share", "confidence"];
   document.querySelector("#legend thead").innerHTML = "<tr><th></th>" + head.map((h) => `<th>${h}</th>`).join("") + "</tr>";
   const tbody = document.querySelector("#legend tbody");
   tbody.innerHTML = "";
   for (const s of body.stats) {
     const tr = document.createElement("tr");
     tr.dataset.id = s.id;
-    const conf = Number.isFinite(s.confidence) ? s.confidence.toFixed(2) : "";
+    const conf = body.kind !== "classification" && Number.isFinite(s.confidence) ? s.confidence.toFixed(2) : "";
     tr.innerHTML = `<td><span class="swatch" style="background: rgb(${s.color.join(",")})"></span></td>` +
       `<td></td><td>${percent(s.share)}</td><td>${conf}</td>`;
     tr.children[1].textContent = body.kind === "instance" ? s.name : `${s.id} ${s.name}`;
@@ -216,7 +232,9 @@ function renderLegend(body) {
 }
 
 function renderDownloads(body) {
-  $("dl-ids").href = "data:image/png;base64," + body.ids_png;
+  $("dl-ids").hidden = body.kind === "classification";   // a classifier has no id map
+  $("dl-overlay").hidden = body.kind === "classification";
+  if (body.kind !== "classification") $("dl-ids").href = "data:image/png;base64," + body.ids_png;
   $("dl-ids").download = body.kind === "instance" ? `${state.fileName}_instances.png` : `${state.fileName}_ids.png`;
   const off = document.createElement("canvas");
   off.width = body.width; off.height = body.height;
@@ -227,7 +245,10 @@ function renderDownloads(body) {
   $("dl-overlay").onclick = updateOverlay;
   updateOverlay();
   $("dl-overlay").download = `${state.fileName}_overlay.png`;
-  const summary = body.kind === "instance"
+  const summary = body.kind === "classification"
+    ? { kind: "classification", model: body.model, class: body.class, label: body.label, score: body.score,
+        probs: body.probs, top: body.top, input_size: body.input_size, timing_ms: body.timing_ms }
+    : body.kind === "instance"
     ? { kind: "instance", model: body.model, width: body.width, height: body.height, classes: body.instance_classes,
         count: body.count, instances: body.instances, timing_ms: body.timing_ms, inference: body.inference }
     : { model: body.model, width: body.width, height: body.height, classes: body.classes,
