@@ -136,6 +136,9 @@ class ClassificationPredictor(CheckpointInfo):
                 notes.append(f"the {image.shape[1]}x{image.shape[0]} image was resized to the "
                              f"{self.input_size[1]}x{self.input_size[0]} the model was trained on")
             inp = prepare(image, self.input_size)                             # (1, h, w)
+            if float(inp.mean()) > 0.5:
+                notes.append("the image is mostly bright, but the model was trained on light digits on a dark "
+                             "ground: invert dark-on-light drawings before predicting (255 - image)")
             batch = inp[None].expand(1, self.channels, *self.input_size)
             with self.lock:
                 res = classify(self.model, batch, self.precision if self.backend == "torch" else None,

@@ -294,7 +294,8 @@ def eval_classification(args, model, meta: dict, prec) -> int:
                          "classification dataset (digits:task=...)")
     size = tuple((meta.get("inference") or {}).get("input_size") or ())
     if ds.class_names != meta["classes"]["names"] or (size and tuple(ds.size) != size):
-        raise ValueError(f"the checkpoint classifies {size[0]}x{size[1]} images into {meta['classes']['names']}; "
+        what = f"{size[0]}x{size[1]} images" if size else "images"
+        raise ValueError(f"the checkpoint classifies {what} into {meta['classes']['names']}; "
                          f"{args.data} [{args.split}] holds {ds.size[0]}x{ds.size[1]} images of {ds.class_names}")
     n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
     t = time.time()
@@ -326,17 +327,23 @@ def predict_classification(args, predictor, images: list[Path], stems: list[str]
         for note in result.notes:
             print(f"  {note}")
         if result.attention is not None:
-            pictures, notes = result.attention.pictures()
-            for note in notes:
-                print(f"  {note}")
-            dests = []
-            for pic in pictures:
-                dest = out / f"{stem}_{pic.name}.png"
-                pic.to_pil().save(dest)
-                dests.append(dest)
-            if dests:
-                print("  glimpses: " + ", ".join(str(p) for p in dests))
+            save_pictures(result.attention, None, out, stem, "glimpses")
     return 0
+
+
+def save_pictures(attention, queries, out: Path, stem: str, label: str) -> list[Path]:
+    """Write a result's attention pictures as ``<stem>_<name>.png`` into ``out`` and say so (and their notes)."""
+    pictures, notes = attention.pictures(queries)
+    for note in notes:
+        print(f"  {note}")
+    written = []
+    for pic in pictures:
+        dest = out / f"{stem}_{pic.name}.png"
+        pic.to_pil().save(dest)
+        written.append(dest)
+    if written:
+        print(f"  {label}: " + ", ".join(str(p) for p in written))
+    return written
 
 
 def cmd_predict(args) -> int:
@@ -382,16 +389,7 @@ def cmd_predict(args) -> int:
         print(f"{path}: {result.ids.shape[1]}x{result.ids.shape[0]}{found}, {result.timing_ms['total']:.0f} ms -> "
               + ", ".join(str(w) for w in written))
         if result.attention is not None:
-            pictures, notes = result.attention.pictures(queries)
-            for note in notes:
-                print(f"  {note}")
-            written = []
-            for pic in pictures:
-                dest = out / f"{stem}_{pic.name}.png"
-                pic.to_pil().save(dest)
-                written.append(dest)
-            if written:
-                print("  attention: " + ", ".join(str(p) for p in written))
+            save_pictures(result.attention, queries, out, stem, "attention")
     return 0
 
 

@@ -76,7 +76,7 @@ def test_training_writes_a_classification_run(cnn_run):
     assert meta["task"] == "classification" and meta["inference"] == {"input_size": [60, 60], "channels": 1}
 
 
-def test_training_learns_translated_digits(tmp_path):
+def test_training_learns_centred_digits(tmp_path):
     """The CNN trained for 80 steps classifies centred digits far above chance (10 %)."""
     m = train(config(tmp_path / "learn", model_kwargs={}, iters=80, val_interval=0,
                      data="digits:task=centred,train=2560,val=200"))
@@ -112,6 +112,9 @@ def test_recurrent_and_transformer_models_train_under_each_precision(tmp_path, m
     ({"val_metric": "mIoU"}, "not a classification metric; choose one of accuracy, mAcc"),
     ({"model": "fcn8s_resnet18", "model_kwargs": {}}, "predicts semantic but digits"),
     ({"val_data": "digits:task=cluttered100,val=8"}, "validated at its training size"),
+    ({"label_smoothing": 0.1}, "label_smoothing set the segmentation image pipeline or loss"),
+    ({"model_kwargs": {"flatten_size": [100, 100]}}, r"built for 100x100 images \(flatten_size=\[100, 100\]\) but"),
+    ({"model": "draw_read", "model_kwargs": {"image_size": 100}}, "set model_kwargs.image_size to match"),
 ])
 def test_refused_settings(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -235,3 +238,12 @@ def test_serve_answers_with_the_class_and_the_glimpses(tmp_path):
     assert names == ["glimpses", "glimpse_1", "glimpse_2"] and not body["attention"]["needs_query"]
     r = client.post("/api/attention", json={"token": body["token"], "y": 3, "x": 4})
     assert r.status_code == 400 and "do not depend on a pixel" in r.json()["error"]
+
+
+def test_model_card_of_a_classifier(cnn_run, tmp_path):
+    from attnseg.model_card import build_card
+    run, metrics = cnn_run
+    text, _ = build_card(run)
+    assert f"accuracy **{100 * metrics['accuracy']:.2f} %**" in text and "true \\ pred" in text
+    assert "grey images in [0, 1] at 60x60" in text and "label 255 is ignored" not in text
+    assert "| step | epoch | train min | val samples | train loss | accuracy % |" in text

@@ -73,3 +73,20 @@ def test_instance_model_two_processes_match_one(tmp_path):
     assert m1["images"] == m2["images"] == 8
     for key in ("DSB", "SBD", "|DiC|", "fgDice"):
         assert m2[key] == pytest.approx(m1[key], abs=1e-3), key
+
+
+def test_classifier_two_processes_match_one(tmp_path):
+    """The classification path under torchrun: the DRAW-read classifier's loss over 2 x 2 images follows 1 x 4
+    (fp32), and the final validation sums every rank's confusion matrix into the same accuracy."""
+    pytest.importorskip("sklearn")
+    args = ["model=draw_read", "model_kwargs={glimpses: 2, read_size: 6, image_size: 60}",
+            "data=digits:task=translated,train=16,val=10", "iters=3", "warmup_iters=1", "val_interval=0",
+            "ckpt_interval=0", "log_interval=1", "workers=0", "progress=false", "deterministic=true",
+            "precision=fp32"]
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29536", "-m",
+         "attnseg", "train", *args, f"run_dir={tmp_path / 'two'}", "batch_size=2"], tmp_path)
+    run([sys.executable, "-m", "attnseg", "train", *args, f"run_dir={tmp_path / 'one'}", "batch_size=4"], tmp_path)
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(one) == len(two) == 3 and two == pytest.approx(one, rel=1e-4)
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m1["samples"] == m2["samples"] == 10 and m1["confusion"] == m2["confusion"]

@@ -51,6 +51,14 @@ def test_eval_is_deterministic_and_glimpses_are_in_the_image(name):
     assert len(steps) == (KW[name].get("glimpses", 1))
     for t, s in enumerate(steps):
         assert s["step"] == t and s["kind"] in ("boxes", "grid", "sampling_grid")
+        if s["kind"] == "boxes":   # centred at l in [-1, 1]²: every box centre lies in the image (edges may not)
+            c = (s["boxes"][:, :2] + s["boxes"][:, 2:]) / 2
+            assert (c >= 0).all() and (c <= 40).all()
+            side = s["boxes"][:, 2] - s["boxes"][:, 0]
+            assert side.tolist() == [8, 16]
+        else:   # at initialisation both cover the whole image (DRAW's later grids within the weights' small noise)
+            pts = s["points"]
+            assert pts.min() >= -0.5 and pts.max() <= 40.5 and pts.max() - pts.min() > 35
 
 
 @pytest.mark.parametrize("name", ["ram", "ram_lstm"])
@@ -158,13 +166,36 @@ def test_draw_classifier_first_glimpse_is_the_whole_image():
     assert abs(first["sigma"] - 39 / 5 / 2) < 1e-3 and abs(first["gamma"] - 1) < 1e-6
 
 
-def test_glimpse_boxes_of_ram_match_the_sensor():
+def test_glimpse_boxes_of_ram_by_hand():
+    """l = (0, 0) on 40x40: the centre (20, 20); 8 px box at 16..24, 16 px at 12..28 (xyxy, edge coordinates)."""
     m = create_model("ram", num_classes=10, **KW["ram"]).eval()
+    with torch.no_grad():
+        m.locator.weight.zero_()
+        m.locator.bias.copy_(torch.tensor([0.5493061, -0.5493061]))   # atanh(±0.5): later glimpses at l = (0.5, -0.5)
     out = m(batch()[0])
     steps = m.glimpses(out, 2)
-    ref = glimpse_boxes(out["locations"][2], 40, 40, 8, 2)
-    for t, s in enumerate(steps):
-        assert (s["boxes"] == ref[t].numpy()).all() and s["boxes"][1, 2] - s["boxes"][1, 0] == 16
+    assert steps[0]["boxes"].tolist() == [[16, 16, 24, 24], [12, 12, 28, 28]]
+    # l = (0.5, -0.5): centre x = 0.75 * 40 = 30, y = 0.25 * 40 = 10
+    assert steps[1]["boxes"].tolist() == [[26, 6, 34, 14], [22, 2, 38, 18]]
+    assert (glimpse_boxes(out["locations"][2], 40, 40, 8, 2)[1].numpy() == steps[1]["boxes"]).all()
+
+
+def test_reinforce_moves_the_policy_mean_towards_a_rewarded_sample():
+    """The policy-gradient term's gradient on the locator bias equals −Σ (s − μ)/σ² (1 − μ²) A (by hand), so a
+    descent step moves the mean towards samples with a positive advantage."""
+    torch.manual_seed(0)
+    m = create_model("ram", num_classes=10, detach_policy=True, **KW["ram"]).train()
+    with torch.no_grad():
+        m.locator.weight.zero_()
+        m.locator.bias.copy_(torch.tensor([0.2, -0.1]))
+    out = m(batch()[0])
+    A = torch.tensor([1.0, -0.5, 0.25, 2.0])[:, None]                    # a fixed advantage per image
+    (-(out["log_pi"] * A).sum()).backward()
+    mu = torch.tanh(torch.tensor([0.2, -0.1]))
+    s = out["locations"][:, 1:]                                            # the samples (none clamped here)
+    assert (s.abs() < 1).all()
+    hand = -((s - mu) / m.std ** 2 * (1 - mu ** 2) * A[:, :, None]).sum((0, 1))
+    assert torch.allclose(m.locator.bias.grad, hand, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION_MODELS)
@@ -189,7 +220,7 @@ def test_training_step_under_each_precision(name, dtype):
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("ram", {"glimpses": 0}, "glimpses >= 1"),
+    ("ram", {"glimpses": 1}, "glimpses >= 2"),
     ("ram", {"core": "gru"}, "choose rnn"),
     ("ram", {"std": 0}, "std must be > 0"),
     ("draw_read", {"glimpses": 0}, "glimpses >= 1"),
@@ -215,3 +246,17 @@ def test_export_to_onnx_matches_pytorch(tmp_path, name):
         assert torch.allclose(onnx(x)["logits"], m(x)["logits"], atol=1e-4)   # batch 5: the batch is dynamic
     with pytest.raises(ValueError, match="classifies 40x40 images, not 32x32"):
         onnx(torch.rand(1, 1, 32, 32))
+
+
+def test_cnn_flattened_head_depends_on_position_and_takes_its_size_only():
+    torch.manual_seed(0)
+    flat = create_model("cnn_classifier", num_classes=10, flatten_size=[40, 40]).eval()
+    pooled = create_model("cnn_classifier", num_classes=10).eval()
+    x = torch.zeros(1, 1, 40, 40)
+    x[..., 12:18, 12:18] = 1
+    moved = torch.roll(x, shifts=(8, 8), dims=(2, 3))     # the same blob 8 px on (a multiple of the total stride)
+    with torch.no_grad():
+        assert not torch.allclose(flat(x)["logits"], flat(moved)["logits"], atol=1e-4)
+        assert torch.allclose(pooled(x)["logits"], pooled(moved)["logits"], atol=1e-5)   # global max: invariant
+    assert flat.body.head[0].in_features == 64 * 5 * 5 and flat.expected_size == (40, 40)
+    assert pooled.expected_size is None   # the trainer refuses data of another size for the flattened head

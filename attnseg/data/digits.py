@@ -210,7 +210,9 @@ class DigitClassification(torch.utils.data.Dataset):
         k = int(rng.integers(N))
         digit = distort(self.frames[k], rng) if self.distortion else self.frames[k]
         image = np.zeros((C, C), np.float32)
-        if self.clutter:  # 8x8 pieces of other digits of this split (RAM §4.1), from inside their 20x20 boxes
+        # 8x8 pieces of random digits of this split (RAM §4.1), from inside their 20x20 boxes; as in the cluttered
+        # MNIST generators, a piece may (with probability 1/N per piece) come from the digit's own source image
+        if self.clutter:
             src = rng.integers(N, size=self.clutter)
             cut = rng.integers(4, 24 - P + 1, size=(self.clutter, 2))
             at = rng.integers(0, C - P + 1, size=(self.clutter, 2))

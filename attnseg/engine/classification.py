@@ -77,9 +77,10 @@ def evaluate_classification(model, dataset, precision=None, limit: int | None = 
             progress(len(items))
     cm = confusion(np.concatenate(preds) if preds else [], np.concatenate(targets) if targets else [], K)
     if world_size > 1 and torch.distributed.is_initialized():
-        mat = torch.from_numpy(cm)
+        device = precision.device if precision is not None else torch.device("cpu")   # NCCL reduces device tensors
+        mat = torch.from_numpy(cm).to(device)
         torch.distributed.all_reduce(mat)
-        cm = mat.numpy()
+        cm = mat.cpu().numpy()
     out = summary(cm, dataset.class_names)
     out["s_per_sample"] = (time.perf_counter() - t) / max(len(idx), 1)
     return out

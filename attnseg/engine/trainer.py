@@ -300,12 +300,18 @@ class Trainer:
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         pipeline = [k for k in ("crop", "scale_range", "base_scale", "flip", "jitter", "cat_max_ratio", "eval_mode",
                                 "eval_scales", "eval_flip", "eval_crop", "eval_stride", "test_scale",
-                                "class_weights")
+                                "class_weights", "aux_weight", "label_smoothing", "embedding_weight")
                     if getattr(cfg, k) != defaults[k]]
         if pipeline:
-            raise ValueError(f"{', '.join(pipeline)} set the segmentation image pipeline; {cfg.model} is a classifier "
-                             f"and {cfg.data} draws its own augmentation (see attnseg.data.digits)")
+            raise ValueError(f"{', '.join(pipeline)} set the segmentation image pipeline or loss; {cfg.model} is a "
+                             f"classifier with its own loss and {cfg.data} draws its own augmentation (see "
+                             "attnseg.data.digits)")
         self.model = create_model(cfg.model, num_classes=len(names), **cfg.model_kwargs)
+        size = getattr(self.model, "expected_size", None)   # a model built for one input size (flatten_size, ...)
+        if size is not None and tuple(size) != tuple(self.train_set.size):
+            raise ValueError(f"{cfg.model} was built for {size[0]}x{size[1]} images ({self.model.size_option}) but "
+                             f"{cfg.data} holds {self.train_set.size[0]}x{self.train_set.size[1]} images; set "
+                             f"model_kwargs.{self.model.size_option.split('=')[0]} to match")
         self.run_dir = Path(cfg.run_dir)
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.train_set.check_labels()

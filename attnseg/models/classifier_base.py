@@ -1,7 +1,7 @@
 """The contract of the classification models (task ``"classification"``): the attention-over-locations demonstrations.
 
 - ``forward(images (B, C, H, W) float in [0, 1])`` -> dict with ``logits`` (B, K) and, per model, what its loss and
-  its pictures need (RAM: ``log_pi`` (B, T) and ``baseline`` (B, T); every model: its ``glimpses``, below);
+  its pictures need (RAM in training: ``log_pi`` (B, T − 1), one per chosen location, and ``baseline`` (B, T));
 - ``loss(out, labels (B,) int64) -> (loss, {name: part})``: the model owns its loss (cross-entropy here; RAM adds
   REINFORCE and its baseline);
 - ``glimpses(out, b)`` -> the attention of image b, step by step, for pictures: a list of

@@ -23,6 +23,9 @@ class CNNClassifier(ClassifierModel):
         super().__init__()
         self.in_channels = in_channels
         self.body = ConvBody(in_channels, num_classes, tuple(widths), hidden, flatten_size)
+        # the flattened head takes one input size: the trainer checks the data against it
+        self.expected_size = tuple(flatten_size) if flatten_size else None
+        self.size_option = f"flatten_size={list(flatten_size)}" if flatten_size else ""
 
     def forward(self, x: torch.Tensor) -> dict:
         return {"logits": self.body(x)}                          # (B, K)

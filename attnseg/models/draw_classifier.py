@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from ..nn.amp import no_autocast
 from ..nn.gaussian_attention import GaussianAttention, grid_points
 from .classifier_base import ClassifierModel
 
@@ -35,10 +36,12 @@ class DRAWClassifier(ClassifierModel):
         if glimpses < 1:
             raise ValueError(f"the DRAW classifier needs glimpses >= 1, not {glimpses}")
         self.in_channels, self.T, self.N, self.hidden = in_channels, glimpses, read_size, hidden
+        # σ of the first glimpse is set for this size: the trainer checks the data against it
+        self.expected_size, self.size_option = (image_size, image_size), f"image_size={image_size}"
         self.attention = GaussianAttention(read_size, parametrisation="draw")
         self.where = nn.Linear(hidden, 5)
         nn.init.normal_(self.where.weight, std=1e-3)
-        # σ = half the full-image stride (eq. 24 with δ̃ = 1): set for the training size, refit by the layer at others
+        # σ = half the full-image stride (eq. 24 with δ̃ = 1), in pixels of an image_size x image_size input
         stride = (image_size - 1) / max(read_size - 1, 1)
         with torch.no_grad():
             self.where.bias.copy_(torch.tensor([0.0, 0.0, math.log((stride / 2) ** 2), 0.0, 0.0]))
@@ -50,7 +53,8 @@ class DRAWClassifier(ClassifierModel):
         h = x.new_zeros(B, self.hidden, dtype=torch.float32)
         state, raws = (h, h.clone()), []
         for _ in range(self.T):
-            raw = self.where(h).float()                                       # (B, 5)   eq. 21
+            with no_autocast(x.device.type):   # the glimpse parameters in fp32 (bf16 moves the centre ~0.2 px)
+                raw = self.where(h.float())                                   # (B, 5)   eq. 21
             patch, _ = self.attention.read(x, raw)                            # (B, C, N, N)   eq. 27
             h, c = self.core(patch.flatten(1), state)                         # (B, C·N²) -> (B, hidden)
             state = (h, c)

@@ -17,12 +17,14 @@ Per glimpse t = 1..T (§3, Fig. 1):
 The first glimpse is at the centre (l_0 = 0). Loss (§3, "hybrid"): the action network by the log-likelihood of
 the class, the rest by REINFORCE with reward R = 1 for a correct final class, 0 otherwise (eq. 2):
 
-    L = CE(a, y) − (1/B) Σ_b Σ_t log π(l_t | h_t) · (R − b_t) + (1/B) Σ_b Σ_t (R − b_t)²
+    L = CE(a, y) − (1/B) Σ_b Σ_t log π(l_t | h_t) · (R − b_t) + (1/(B·T)) Σ_b Σ_t (R − b_t)²
 
 ``(R − b_t)`` is held constant in the policy term and the baseline sees h_t without passing gradient into the
 core (it only reduces variance). The policy gradient reaches the core and the glimpse network through log π
-(the paper); ``detach_policy=True`` stops it at h_t as several re-implementations do. Sampling draws from the torch
-RNG (the trainer seeds it and saves it in checkpoints); in eval mode the locations are the policy's means, so
+(the paper, the default); ``detach_policy=True`` stops it at h_t as several re-implementations do. The configs use
+``detach_policy: true``: with the paper's form the classifier stayed at chance in every run we could afford
+(docs/RESULTS.md, "Issue 14"). Sampling draws from the torch RNG (the trainer seeds it and saves it in
+checkpoints); in eval mode the locations are the policy's means, so
 ``forward`` is deterministic and exports to ONNX.
 """
 
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.amp import no_autocast
 from ..nn.glimpse_sensor import GlimpseSensor, glimpse_boxes
 from .classifier_base import ClassifierModel
 
@@ -57,8 +60,9 @@ class RAM(ClassifierModel):
                  scales: int = 3, hidden: int = 256, std: float = 0.1, core: str = "rnn",
                  detach_policy: bool = False):
         super().__init__()
-        if glimpses < 1:
-            raise ValueError(f"RAM needs glimpses >= 1, not {glimpses}")
+        if glimpses < 2:   # with one glimpse (at the centre) the location policy would never act
+            raise ValueError(f"RAM needs glimpses >= 2 (the first is at the centre, the policy picks the others), "
+                             f"not {glimpses}")
         if core not in ("rnn", "lstm"):
             raise ValueError(f"RAM core {core!r} unknown; choose rnn (the paper's static tasks) or lstm")
         if not std > 0:
@@ -95,7 +99,8 @@ class RAM(ClassifierModel):
             baselines.append(self.baseline(h.detach()).squeeze(1).float())          # b_t (B,)
             if t == self.T - 1:
                 break
-            mean = torch.tanh(self.locator(h.detach() if self.detach_policy else h)).float()   # (B, 2)
+            with no_autocast(x.device.type):   # the location in fp32: bf16 would round it by ~0.2 px on 100 px
+                mean = torch.tanh(self.locator((h.detach() if self.detach_policy else h).float()))   # (B, 2)
             if self.training:
                 sample = (mean + self.std * torch.randn_like(mean)).detach()
                 # log N(sample; mean, σ²) summed over (x, y): the REINFORCE term (eq. 2)

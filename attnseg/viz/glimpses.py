@@ -58,7 +58,7 @@ def _draw_step(draw: ImageDraw.ImageDraw, step: dict, scale: int, colour, curren
         for i in range(0, h, every):
             for j in range(0, w, every):
                 x, y = pts[i, j]
-                draw.point((x, y), fill=colour)
+                draw.rectangle([x - 1, y - 1, x + 1, y + 1], fill=colour)
     else:
         raise ValueError(f"unknown glimpse kind {step['kind']!r}; expected boxes, grid or sampling_grid")
 
