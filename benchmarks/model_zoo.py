@@ -159,7 +159,8 @@ def section_titles(section) -> tuple[str, ...]:
 # -- configs ------------------------------------------------------------------------------------------------------
 def config_index(folder: Path) -> dict[str, list[tuple[str, dict]]]:
     """model name -> [(config file name, its model_kwargs)], the file named camvid_<model>.yaml first, then other
-    CamVid configs, then DSB2018 ones (the instance models' real data), then the rest (each group sorted)."""
+    CamVid configs, then DSB2018 ones (the instance models' real data), then the cluttered 60x60 digits (the
+classifiers' trained figures), then the rest (each group sorted)."""
     out: dict[str, list[tuple[str, dict]]] = {}
     for path in sorted(folder.glob("*.yaml")):
         d = yaml.safe_load(path.read_text()) or {}
@@ -167,7 +168,8 @@ def config_index(folder: Path) -> dict[str, list[tuple[str, dict]]]:
             out.setdefault(d["model"], []).append((path.name, d.get("model_kwargs") or {}))
     for name, files in out.items():
         files.sort(key=lambda f: (f[0] != f"camvid_{name}.yaml", not f[0].startswith("camvid_"),
-                                  not f[0].startswith("dsb2018_"), f[0]))
+                                  not f[0].startswith("dsb2018_"), not f[0].startswith("digits_cluttered60_"),
+                                  "_flat" in f[0], f[0]))
     return out
 
 

@@ -56,11 +56,12 @@ def test_classifier_class_table_glimpses_and_no_overlay(served):
         assert f"predicted class {body['class']}" in page.inner_text("#notes")
         assert page.locator("#legend thead").inner_text().split() == ["class", "probability"]
         rows = page.locator("#legend tbody tr")
-        assert rows.count() == 10 and rows.nth(0).inner_text().split()[0] == body["class"]
+        assert rows.count() == 10 and rows.nth(0).inner_text().split()[:2] == [body["class"], f"{100 * body['score']:.1f}"]
+        assert not page.is_visible("#opacity")
         assert not page.is_visible("#dl-ids") and not page.is_visible("#dl-overlay")
         names = page.evaluate("Array.from(document.querySelectorAll('#attention figure')).map(f => f.dataset.name)")
         assert names == ["glimpses", "glimpse_1", "glimpse_2", "glimpse_3", "glimpse_4"]
-        page.fill("#opacity", "1")
+        page.evaluate("document.getElementById('opacity').value = 1")   # hidden for a classifier; set it anyway
         page.dispatch_event("#opacity", "input")
         image = np.asarray(Image.open(image_path).convert("RGB"))
         ys, xs = np.nonzero(image[..., 0] > 128)

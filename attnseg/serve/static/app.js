@@ -109,6 +109,8 @@ async function predict(file) {
     : body.kind === "classification" ? [`predicted class ${body.class} (${percent(body.score)}).`] : [];
   $("prediction").textContent = body.kind === "classification" ? `${body.class} · ${percent(body.score)}` : "";
   $("prediction").hidden = body.kind !== "classification";
+  // one class for the whole picture: nothing to overlay, so no opacity to set
+  $("opacity").closest("label").hidden = $("opacity-value").hidden = body.kind === "classification";
   $("notes").textContent = found.concat(body.notes || []).join(" ");
   renderAttention(body.attention, false);
   $("result").hidden = false;
@@ -226,7 +228,7 @@ function renderLegend(body) {
     const conf = body.kind !== "classification" && Number.isFinite(s.confidence) ? s.confidence.toFixed(2) : "";
     tr.innerHTML = `<td><span class="swatch" style="background: rgb(${s.color.join(",")})"></span></td>` +
       `<td></td><td>${percent(s.share)}</td><td>${conf}</td>`;
-    tr.children[1].textContent = body.kind === "instance" ? s.name : `${s.id} ${s.name}`;
+    tr.children[1].textContent = body.kind === "semantic" ? `${s.id} ${s.name}` : s.name;
     tbody.appendChild(tr);
   }
 }
