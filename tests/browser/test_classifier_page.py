@@ -56,7 +56,8 @@ def test_classifier_class_table_glimpses_and_no_overlay(served):
         assert f"predicted class {body['class']}" in page.inner_text("#notes")
         assert page.locator("#legend thead").inner_text().split() == ["class", "probability"]
         rows = page.locator("#legend tbody tr")
-        assert rows.count() == 10 and rows.nth(0).inner_text().split()[:2] == [body["class"], f"{100 * body['score']:.1f}"]
+        first = rows.nth(0).inner_text().split()[:2]
+        assert rows.count() == 10 and first == [body["class"], f"{100 * body['score']:.1f}"]
         assert not page.is_visible("#opacity")
         assert not page.is_visible("#dl-ids") and not page.is_visible("#dl-overlay")
         names = page.evaluate("Array.from(document.querySelectorAll('#attention figure')).map(f => f.dataset.name)")
