@@ -281,8 +281,8 @@ class CheckpointInfo:
         self.backend, self.source = backend, source
         self.spec = LabelSpec.from_dict(meta["classes"])
         pre = meta.get("preprocessing") or {}
-        self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
+        self.mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(pre.get("std", IMAGENET_STD), dtype=torch.float32).view(-1, 1, 1)
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, H, W) float, normalised as in training."""
@@ -438,9 +438,9 @@ def load(source, *, device: str = "auto", precision: str = "auto", max_memory_gb
         model = OnnxModel(path, threads=threads)
         cpu = torch.device("cpu")
         if model.meta.get("task") == "classification":
-            from .api_classification import ClassificationPredictor, OnnxClassifier
+            from .api_classification import ClassificationPredictor
             _refuse_for_classifier(model.meta, {**overrides, **instance_only})
-            return ClassificationPredictor(OnnxClassifier(model), model.meta, device=cpu,
+            return ClassificationPredictor(model, model.meta, device=cpu,
                                            precision=Precision(cpu, None, False), backend="onnx", source=str(path))
         if model.meta.get("task") == "instances":
             from .api_instances import InstancePredictor, OnnxInstanceModel
@@ -478,23 +478,3 @@ def _refuse_for_classifier(meta: dict, settings: dict) -> None:
         raise ValueError(f"{meta['model']} is a classifier: {', '.join(given)} apply to segmentation models (a "
                          "classifier resizes each image to its training size)")
 
-
-def checkpoint_task(source) -> str:
-    """"semantic", "instances" or "classification": what the checkpoint, run directory or .onnx file predicts,
-    from its metadata (a safetensors header is read without the weights). A file that cannot be read says
-    "semantic": loading it then raises the error that names the problem."""
-    import json as _json
-    path = Path(source)
-    try:
-        if path.suffix.lower() == ".onnx":
-            from .export import OnnxModel
-            return OnnxModel(path).meta.get("task", "semantic")
-        from .engine.checkpoint import read_checkpoint, resolve_checkpoint
-        path = resolve_checkpoint(path)
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(str(path), "pt") as f:
-                return _json.loads((f.metadata() or {}).get("attnseg", "{}")).get("task", "semantic")
-        return read_checkpoint(path)[1].get("task", "semantic")
-    except Exception:  # noqa: BLE001 (load() reports it properly)
-        return "semantic"

@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .api import CheckpointInfo, as_images
-from .data.labels import LabelSpec
 
 
 @dataclass
@@ -97,18 +95,14 @@ class ClassificationResult:
 class ClassificationPredictor(CheckpointInfo):
     """A loaded classifier; build it with :func:`attnseg.load`. Calls are serialised by a lock."""
 
+    task = "classification"
+
     def __init__(self, model, meta: dict, *, device, precision, backend: str = "torch", source: str = ""):
-        self.model, self.meta, self.device, self.precision = model, meta, device, precision
-        self.backend, self.source = backend, source
-        self.spec = LabelSpec.from_dict(meta["classes"])
+        self._set_checkpoint(model, meta, device, precision, backend, source)
         inf = meta.get("inference") or {}
-        self.input_size = tuple(inf.get("input_size") or (meta.get("preprocessing") or {}).get("input_size"))
+        self.input_size = tuple(inf["input_size"])
         self.channels = int(inf.get("channels", 1))
         self.lock = threading.Lock()
-
-    @property
-    def inference(self):
-        return self
 
     def describe(self) -> dict:
         m = self.metrics
@@ -120,7 +114,7 @@ class ClassificationPredictor(CheckpointInfo):
                 "step": self.meta.get("step"), "data": (self.meta.get("config") or {}).get("data"),
                 "attention": self.backend == "torch"}
 
-    def predict(self, x, *, attention: bool = False, query=None, probs: bool = False):
+    def predict(self, x, *, attention: bool = False, query=None):
         """Classify one picture (-> :class:`ClassificationResult`) or several (a list or a batch -> list). Images of
         another size are resized to the training size (a note says so); colour becomes grey."""
         from .engine.classification import classify, prepare
@@ -158,27 +152,3 @@ class ClassificationPredictor(CheckpointInfo):
         return (f"ClassificationPredictor({self.name}, {len(self.classes)} classes, {self.backend}, "
                 f"{self.precision.name}, input {self.input_size[0]}x{self.input_size[1]})")
 
-
-class OnnxClassifier:
-    """An exported classifier (``attnseg export``) as a module-like callable: images (B, C, h, w) -> {"logits"}."""
-
-    training = False
-    task = "classification"
-
-    def __init__(self, onnx_model):
-        self.onnx = onnx_model
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def parameters(self):
-        return iter(())
-
-    def __call__(self, images: torch.Tensor) -> dict:
-        return {"logits": self.onnx(images)["logits"]}
-
-    def glimpses(self, out, b=0):
-        return []

@@ -364,10 +364,6 @@ def cmd_predict(args) -> int:
         raise ValueError("--attention needs the PyTorch checkpoint (an ONNX file holds only the logits); give the "
                          "run directory")
     images = collect_images(args.images)
-    from .api import checkpoint_task
-    if checkpoint_task(args.checkpoint) == "classification":
-        predictor = load(args.checkpoint, device=args.device, precision=args.precision)
-        return predict_classification(args, predictor, images, output_stems(images), out)
     tiles = {k: v for k, v in _tile_overrides(args).items() if k != "test_scale" and v is not None}
     predictor = load(args.checkpoint, device=args.device, precision=args.precision, max_memory_gb=args.max_memory,
                      **_inference_overrides(args), **tiles)
@@ -375,6 +371,8 @@ def cmd_predict(args) -> int:
     if len(set(p.stem for p in images)) < len(images):
         print("some inputs share a file name: outputs are named after their folders too ("
               + ", ".join(f"{p} -> {s}" for p, s in zip(images, stems) if s != p.stem) + ")")
+    if getattr(predictor, "task", "") == "classification":
+        return predict_classification(args, predictor, images, stems, out)
     out.mkdir(parents=True, exist_ok=True)
     for path, stem in zip(images, stems):
         result = predictor.predict(path, attention=args.attention, query=queries)

@@ -279,7 +279,7 @@ def input_layout(model: nn.Module, meta: dict) -> tuple[int, tuple[int, int] | N
     dynamic batch only."""
     if getattr(model, "task", "semantic") == "classification":
         inf = meta.get("inference") or {}
-        size = inf.get("input_size") or (meta.get("preprocessing") or {}).get("input_size")
+        size = inf.get("input_size")
         if not size:
             raise ExportError("the checkpoint does not say the classifier's input size (meta inference.input_size); "
                               "export a checkpoint written by attnseg train")

@@ -370,8 +370,9 @@ def build_card(path, out: Path | None = None) -> tuple[str, Path]:
         L.append(f"- classes ({K}): {', '.join(names)}" + ("" if classifier else f"; label {ign} is ignored"))
     pre = meta.get("preprocessing") or {}
     if pre and classifier:
-        size = pre.get("input_size") or ["?", "?"]
-        L.append(f"- preprocessing: grey images in [0, 1] at {size[0]}x{size[1]} ({pre.get('channels', 1)} channel); "
+        inf = meta.get("inference") or {}
+        size = inf.get("input_size") or ["?", "?"]
+        L.append(f"- preprocessing: grey images in [0, 1] at {size[0]}x{size[1]} ({inf.get('channels', 1)} channel); "
                  "`attnseg predict` and the web page convert colour to grey and resize to that size")
     elif pre:
         L.append(f"- preprocessing: RGB in [0, 1] normalised by mean {pre.get('mean')} and std {pre.get('std')}; "

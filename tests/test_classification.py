@@ -89,7 +89,7 @@ def test_resume_continues_at_the_saved_step(tmp_path):
     m = train(config(run, iters=12, val_interval=0))
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     starts = [r["step"] for r in log if r["kind"] == "start"]
-    assert starts == [0, 6] and json.loads((run / "metrics.json").read_text())["step"] == 12 and m
+    assert starts == [0, 6] and json.loads((run / "metrics.json").read_text())["step"] == 12 and m["samples"] == 64
 
 
 @pytest.mark.parametrize("model, kwargs", [("ram", {"glimpses": 2, "glimpse_size": 8, "scales": 2}),

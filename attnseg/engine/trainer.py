@@ -326,8 +326,7 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------------------------
     def meta(self) -> dict:
         if self.task == "classification":
-            pre = {"mean": [0.0], "std": [1.0], "channels": self.model.in_channels, "range": [0, 1],
-                   "input_size": list(self.train_set.size)}
+            pre = {"mean": [0.0], "std": [1.0], "range": [0, 1]}   # size and channels: meta["inference"]
         else:
             pre = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "base_scale": self.cfg.base_scale,
                    "test_scale": self.infer_cfg.test_scale}

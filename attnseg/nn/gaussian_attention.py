@@ -263,6 +263,13 @@ def attention_banks(params: GlimpseParams, height: int, width: int, N: int, conv
     return Fy, Fx
 
 
+def _prepared(t: Tensor, Fy: Tensor, Fx: Tensor, gamma: Tensor | None, what: str):
+    """The banks checked against ``t`` (B, C, ., .), everything in one dtype: (t, Fy, Fx, γ as (B, 1, 1) or None)."""
+    _check_banks(Fy, Fx, t.shape[0], what)
+    dtype = common_dtype(t, Fy, Fx)
+    return t.to(dtype), Fy.to(dtype), Fx.to(dtype), _gamma_column(gamma, t.shape[0], dtype)
+
+
 def _check_banks(Fy: Tensor, Fx: Tensor, batch, what: str) -> None:
     if Fy.dim() != 3 or Fx.dim() != 3:
         raise ValueError(f"{what}: the filter banks must be F_Y (B, N, H) and F_X (B, M, W), got "
@@ -296,18 +303,15 @@ def filterbank_read(x: Tensor, Fy: Tensor, Fx: Tensor, gamma: Tensor | None = No
     """
     if x.dim() != 4:
         raise ValueError(f"filterbank_read takes an image (B, C, H, W), got shape {tuple(x.shape)}")
-    B, C, H, W = x.shape
-    _check_banks(Fy, Fx, B, "filterbank_read")
+    x, Fy, Fx, g = _prepared(x, Fy, Fx, gamma, "filterbank_read")
+    H, W = x.shape[-2:]
     if Fy.shape[2] != H or Fx.shape[2] != W:
         raise ValueError(f"filterbank_read: F_Y {tuple(Fy.shape)} and F_X {tuple(Fx.shape)} do not fit the image "
                          f"of size {H}x{W}; build them with height={H}, width={W}")
-    dtype = common_dtype(x, Fy, Fx)
-    Fy, Fx = Fy.to(dtype), Fx.to(dtype)
-    g = _gamma_column(gamma, B, dtype)
     if g is not None:
         Fy = Fy * g                                                                # γ F_Y, (B, N, H)
     # (B, 1, N, H) @ (B, C, H, W) @ (B, 1, W, M) -> (B, C, N, M)                     Eq. 27
-    return Fy[:, None] @ x.to(dtype) @ Fx.transpose(1, 2)[:, None]
+    return Fy[:, None] @ x @ Fx.transpose(1, 2)[:, None]
 
 
 def filterbank_write(p: Tensor, Fy: Tensor, Fx: Tensor, gamma: Tensor | None = None) -> Tensor:
@@ -327,18 +331,15 @@ def filterbank_write(p: Tensor, Fy: Tensor, Fx: Tensor, gamma: Tensor | None = N
     """
     if p.dim() != 4:
         raise ValueError(f"filterbank_write takes a patch (B, C, N, M), got shape {tuple(p.shape)}")
-    B, C, N, M = p.shape
-    _check_banks(Fy, Fx, B, "filterbank_write")
+    p, Fy, Fx, g = _prepared(p, Fy, Fx, gamma, "filterbank_write")
+    N, M = p.shape[-2:]
     if Fy.shape[1] != N or Fx.shape[1] != M:
         raise ValueError(f"filterbank_write: F_Y {tuple(Fy.shape)} and F_X {tuple(Fx.shape)} do not fit the patch "
                          f"of size {N}x{M}; the banks need N={N} and M={M} filters")
-    dtype = common_dtype(p, Fy, Fx)
-    Fy, Fx = Fy.to(dtype), Fx.to(dtype)
-    g = _gamma_column(gamma, B, dtype)
     if g is not None:
         Fy = Fy / g                                                                # F_Y / γ, (B, N, H)
     # (B, 1, H, N) @ (B, C, N, M) @ (B, 1, M, W) -> (B, C, H, W)                     Eq. 29
-    return Fy.transpose(1, 2)[:, None] @ p.to(dtype) @ Fx[:, None]
+    return Fy.transpose(1, 2)[:, None] @ p @ Fx[:, None]
 
 
 def grid_points(params: GlimpseParams, N: int, convention: str = "draw") -> Tensor:

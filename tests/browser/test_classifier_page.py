@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .test_page import CHROMIUM, FLAGS, canvas_pixel, running_server
+from .test_page import CHROMIUM, FLAGS, canvas_pixel, running_server, trained_run
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -25,13 +25,9 @@ DATA = "digits:task=cluttered60,train=128,val=32,test=8"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser_classifier")
-    run = os.environ.get("ATTNSEG_BROWSER_CLASSIFIER_RUN")
-    if not run:
-        from attnseg.cli import main
-        run = root / "ram"
-        assert main(["train", "model=ram", "model_kwargs={glimpses: 4, glimpse_size: 12, scales: 3}", f"data={DATA}",
-                     "batch_size=32", "iters=8", "warmup_iters=2", "val_interval=0", "workers=0", "progress=false",
-                     "precision=fp32", f"run_dir={run}"]) == 0
+    run = trained_run("ATTNSEG_BROWSER_CLASSIFIER_RUN", root, "ram", [
+        "model=ram", "model_kwargs={glimpses: 4, glimpse_size: 12, scales: 3}", f"data={DATA}", "batch_size=32",
+        "iters=8", "warmup_iters=2", "precision=fp32"])
     from attnseg.data import build_dataset
     image = root / "digit.png"
     Image.fromarray((build_dataset(DATA, "test").get(0)[0] * 255).astype(np.uint8)).save(image)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .test_page import CHROMIUM, FLAGS, canvas_pixel, running_server
+from .test_page import CHROMIUM, FLAGS, canvas_pixel, running_server, trained_run
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -26,13 +26,9 @@ DATA = "nuclei:train=8,val=2,size=96x96,count=5-15"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser_instances")
-    run = os.environ.get("ATTNSEG_BROWSER_INSTANCE_RUN")
-    if not run:
-        from attnseg.cli import main
-        run = root / "ws"
-        assert main(["train", "model=unet_watershed_w16", "model_kwargs={width: 8, depth: 2}", f"data={DATA}",
-                     "crop=[96,96]", "batch_size=4", "iters=60", "lr=0.005", "warmup_iters=5", "val_interval=0",
-                     "workers=0", "progress=false", f"run_dir={run}"]) == 0
+    run = trained_run("ATTNSEG_BROWSER_INSTANCE_RUN", root, "ws", [
+        "model=unet_watershed_w16", "model_kwargs={width: 8, depth: 2}", f"data={DATA}", "crop=[96,96]",
+        "batch_size=4", "iters=60", "lr=0.005", "warmup_iters=5"])
     image = os.environ.get("ATTNSEG_BROWSER_INSTANCE_IMAGE")
     if not image:
         from attnseg.data import build_dataset

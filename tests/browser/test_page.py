@@ -61,16 +61,23 @@ def running_server(run):
         server.wait(10)
 
 
+def trained_run(env: str, root: Path, name: str, train_args: list[str]):
+    """The run named by ``$env``, else a tiny one trained into ``root / name`` with ``attnseg train train_args``."""
+    run = os.environ.get(env)
+    if run:
+        return run
+    from attnseg.cli import main
+    run = root / name
+    assert main(["train", *train_args, "val_interval=0", "workers=0", "progress=false", f"run_dir={run}"]) == 0
+    return run
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    run = os.environ.get("ATTNSEG_BROWSER_RUN")
-    if not run:
-        from attnseg.cli import main
-        run = root / "ccnet"
-        assert main(["train", "model=dilated_resnet18_ccnet", "model_kwargs.channels=16",
-                     "model_kwargs.mid_channels=16", f"data={DATA}", "crop=[96,128]", "batch_size=4", "iters=2",
-                     "warmup_iters=1", "val_interval=0", "workers=0", "progress=false", f"run_dir={run}"]) == 0
+    run = trained_run("ATTNSEG_BROWSER_RUN", root, "ccnet", [
+        "model=dilated_resnet18_ccnet", "model_kwargs.channels=16", "model_kwargs.mid_channels=16", f"data={DATA}",
+        "crop=[96,128]", "batch_size=4", "iters=2", "warmup_iters=1"])
     image = os.environ.get("ATTNSEG_BROWSER_IMAGE")
     if not image:
         from attnseg.data import build_dataset
