@@ -35,6 +35,8 @@ class InstanceAttention:
     maps: dict = field(repr=False)
     image: np.ndarray = field(repr=False)
     ids: np.ndarray = field(repr=False)
+    #: recurrent models (Ren & Zemel): {"maps": the model's per-step maps, "kept": steps kept}, drawn step by step
+    sequence: dict | None = field(default=None, repr=False)
     needs_query = False
 
     def pictures(self, query=None, query_only: bool = False):
@@ -50,7 +52,13 @@ class InstanceAttention:
             title = {"fg": "foreground probability", "boundary": "boundary probability"}.get(
                 name, name.replace("_", " "))
             pics.append(Picture(f"attn_{name}", title, blend_heatmap(self.image, np.asarray(m, np.float32))))
-        count = int(self.ids.max(initial=0))
+        if self.sequence is not None:
+            from .viz.recurrent_steps import gif_bytes, step_frames, step_strip
+            maps, kept = self.sequence["maps"], self.sequence["kept"]
+            pics.append(Picture("steps", f"the sequence: {kept} steps kept (box, glimpse, mask, canvas, score)",
+                                step_strip(self.image, maps, self.ids, kept),
+                                animation=gif_bytes(step_frames(self.image, maps, self.ids, kept))))
+        count = len(np.unique(self.ids)) - 1
         pics.append(Picture("instance_colours", f"{count} instances", instance_picture(self.ids)))
         return pics, ([no_query] if query else [])
 
@@ -205,7 +213,10 @@ class InstancePredictor(CheckpointInfo):
                 notes.append("the maps are drawn from one whole-image pass, which tiling replaced for this image")
             else:
                 # blend_heatmap resizes a map made at another test scale to the image
-                result.attention = InstanceAttention(self.model.attention_maps(res["maps"]), image, res["ids"])
+                maps = res["maps"]
+                sequence = ({"maps": maps, "kept": self.model.found_steps(maps["scores"])}
+                            if hasattr(self.model, "found_steps") and "boxes" in maps else None)
+                result.attention = InstanceAttention(self.model.attention_maps(maps), image, res["ids"], sequence)
         result.timing_ms = {**res["timing_ms"], "inference": res["timing_ms"]["forward"] + res["timing_ms"]["group"],
                             "total": 1000 * (time.perf_counter() - t0)}
         return result

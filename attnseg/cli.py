@@ -81,15 +81,25 @@ def _parse_tta(items: list[str] | None) -> dict:
 def cmd_train(args) -> int:
     from .engine.config import load_config
     from .engine.trainer import train
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config] + overrides  # only overrides were given
-    notes = []
-    cfg = load_config(config, overrides, notes)
-    print(f"run directory: {cfg.run_dir}", flush=True)
-    for note in notes:
-        print(note, flush=True)
-    train(cfg, command="attnseg train " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    words = ([args.config] if args.config is not None else []) + list(args.overrides)
+    # several YAML files are stages trained one after another (a curriculum: a later stage's init_from names an
+    # earlier stage's weights); the key=value overrides apply to every stage
+    configs = [w for w in words if "=" not in w and w.endswith((".yaml", ".yml"))]
+    overrides = [w for w in words if w not in configs]
+    if len(configs) > 1 and any(o.split("=", 1)[0].strip() == "run_dir" for o in overrides):
+        raise ValueError("run_dir= cannot be given for several stages (each config names its own run_dir); train "
+                         "the stages one by one to move them")
+    command = "attnseg train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    stages = []
+    for config in configs or [None]:
+        notes = []
+        stages.append((load_config(config, overrides, notes), notes))  # every stage checked before any trains
+    for i, (cfg, notes) in enumerate(stages):
+        print(f"run directory: {cfg.run_dir}" + (f" (stage {i + 1} of {len(stages)})" if len(stages) > 1 else ""),
+              flush=True)
+        for note in notes:
+            print(note, flush=True)
+        train(cfg, command=command)
     return 0
 
 
@@ -341,6 +351,9 @@ def save_pictures(attention, queries, out: Path, stem: str, label: str) -> list[
         dest = out / f"{stem}_{pic.name}.png"
         pic.to_pil().save(dest)
         written.append(dest)
+        if pic.animation is not None:
+            written.append(out / f"{stem}_{pic.name}.gif")
+            written[-1].write_bytes(pic.animation)
     if written:
         print(f"  {label}: " + ", ".join(str(p) for p in written))
     return written
@@ -488,8 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
-    t.add_argument("config", nargs="?", help="YAML file under configs/ (optional)")
-    t.add_argument("overrides", nargs="*", help="key=value, e.g. lr=0.01 iters=4000 run_dir=runs/x")
+    t.add_argument("config", nargs="?", help="YAML file under configs/ (optional); several are stages trained in "
+                   "order (e.g. configs/cvppp_recattend_box.yaml configs/cvppp_recattend.yaml)")
+    t.add_argument("overrides", nargs="*", help="key=value, e.g. lr=0.01 iters=4000 run_dir=runs/x (every stage)")
     t.set_defaults(func=cmd_train)
 
     def add_infer_args(q):

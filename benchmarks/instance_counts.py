@@ -1,10 +1,11 @@
 """How the quality and the time of instance models grow with the number of objects per image (issue 13).
 
-    python benchmarks/instance_counts.py RUN [RUN ...] [--counts 1,5,10,25,50,100,150] [--images 10]
-        [--size 256] [--threads 2] [--out runs/bench/instance_counts.json]
+    python benchmarks/instance_counts.py RUN [RUN ...] [--kind nuclei|rosettes] [--counts 1,5,10,25,50,100,150]
+        [--images 10] [--size 256] [--threads 2] [--out runs/bench/instance_counts.json]
 
-For each count c, ``--images`` synthetic nuclei fields (``nuclei:count=c-c``, scene seed 1000 + c: never a
-training scene) are drawn; fewer than c nuclei can remain visible (a nucleus under 12 visible pixels is dropped),
+For each count c, ``--images`` synthetic nuclei fields (``nuclei:count=c-c``; with ``--kind rosettes`` leaf
+rosettes of c leaves, ``--size 224``; scene seed 1000 c + i: never a training scene) are drawn; fewer than c objects
+can remain visible (one under 12 visible pixels is dropped),
 so each row also gives the mean ground-truth count. Every run is evaluated on the same images through
 ``engine.instance_inference`` (the path of ``attnseg eval``), the runs interleaved image by image so that the
 machine's state is shared. Per (run, count): DSB score, SBD, |DiC|, fgDice, AP50 and the mean milliseconds of
@@ -28,7 +29,8 @@ from common import emit, machine_info, set_threads  # noqa: E402
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run directories of instance models")
-    p.add_argument("--counts", default="1,5,10,25,50,100,150")
+    p.add_argument("--kind", choices=("nuclei", "rosettes"), default="nuclei")
+    p.add_argument("--counts", default=None, help="default: 1,5,10,25,50,100,150 (nuclei), 5,8,11,14,17,20 (rosettes)")
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
@@ -39,7 +41,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     set_threads(args.threads)
     import attnseg
-    from attnseg.data.synthetic_instances import nuclei_field
+    from attnseg.data.synthetic_instances import leaf_rosette, nuclei_field
     from attnseg.engine.instance_inference import infer_instances
     from attnseg.metrics.instance import InstanceMetrics, coco_mask_ap
     post = {}
@@ -50,10 +52,12 @@ def main(argv=None) -> dict:
     if unknown:
         p.error(f"--post names runs not given: {unknown}")
     predictors = {r: attnseg.load(r, precision=args.precision, post=post.get(r)) for r in args.runs}
-    counts = [int(c) for c in args.counts.split(",")]
+    counts = [int(c) for c in (args.counts or ("1,5,10,25,50,100,150" if args.kind == "nuclei"
+                                                else "5,8,11,14,17,20")).split(",")]
+    make = nuclei_field if args.kind == "nuclei" else leaf_rosette
     rows = []
     for c in counts:
-        images = [nuclei_field(1000 * c + i, (args.size, args.size), (c, c)) for i in range(args.images)]
+        images = [make(1000 * c + i, (args.size, args.size), (c, c)) for i in range(args.images)]
         per_run = {r: {"metrics": InstanceMetrics(), "forward": [], "group": [], "ap": []} for r in args.runs}
         for i, (image, gt) in enumerate(images):
             for r, pred in predictors.items():
@@ -77,7 +81,7 @@ def main(argv=None) -> dict:
                   f"{m['DSB']:.3f} SBD {100 * m['SBD']:.1f} |DiC| {m['|DiC|']:.2f} AP50 {ap['AP50']:.3f} "
                   f"forward {rows[-1]['forward_ms']:.0f} ms group {rows[-1]['group_ms']:.0f} ms",
                   file=sys.stderr, flush=True)
-    doc = {"benchmark": "instance_counts", "when": time.strftime("%Y-%m-%d %H:%M"), "size": args.size,
+    doc = {"benchmark": "instance_counts", "kind": args.kind, "when": time.strftime("%Y-%m-%d %H:%M"), "size": args.size,
            "images_per_count": args.images, "precision": args.precision, "machine": machine_info("cpu"),
            "rows": rows}
     emit(doc, args.out)

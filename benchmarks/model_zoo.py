@@ -173,15 +173,16 @@ classifiers' trained figures), then the rest (each group sorted)."""
     return out
 
 
-def base_config(folder: Path, opts: dict) -> str | None:
-    """The config whose run directory holds ``opts["base_weights"]`` (the run a refinement stage starts from)."""
-    weights = opts.get("base_weights")
+def base_config(folder: Path, opts: dict, init_from: str | None = None) -> str | None:
+    """The config whose run directory holds ``opts["base_weights"]`` or the config's ``init_from`` (the run a
+    refinement stage or a curriculum's second stage starts from)."""
+    weights = opts.get("base_weights") or init_from
     if not weights:
         return None
     for path in sorted(folder.glob("*.yaml")):
         d = yaml.safe_load(path.read_text()) or {}
         run = str(d.get("run_dir", "")).rstrip("/")
-        if isinstance(d, dict) and run and str(weights).startswith(run + "/"):
+        if isinstance(d, dict) and run and (str(weights).rstrip("/") == run or str(weights).startswith(run + "/")):
             return path.name
     return None
 
@@ -390,7 +391,8 @@ def main(argv=None):
         row = {"params": info["params"], "gflops": info["gflops"], "config": cfg,
                "config_budget": config_budget(folder, cfg) if cfg else None,
                "config_options": opts, "other_configs": [f for f, _ in files[1:]],
-               "base_config": base_config(folder, opts),
+               "base_config": base_config(folder, opts, cfg and (yaml.safe_load((folder / cfg).read_text()) or {})
+                                          .get("init_from")),
                "trained": TRAINED.get(name, []), "speed": old.get("speed"),
                "input": f"1x{CLASSIFIER_SIZE[0]}x{CLASSIFIER_SIZE[1]} grey, K=10" if classifier else None}
         if opts:

@@ -41,8 +41,12 @@ class TrainConfig:
     batch_size: int = 8                   # per process
     iters: int = 2000                     # optimiser steps (ignored for the schedule when time_budget is set)
     time_budget: float | None = None      # minutes; when set, training stops then and the schedule follows time
-    optimizer: str = "adamw"              # adamw | sgd
+    optimizer: str = "adamw"              # adamw | adam (L2 weight decay, as TensorFlow's l2_loss) | sgd
+    adam_eps: float = 1e-8                # Adam / AdamW ε (Ren & Zemel: 1e-7)
     lr: float = 2e-3
+    lr_schedule: str = "poly"             # poly (warmup, then poly decay) | staircase (lr · lr_decay^floor(step / lr_decay_steps))
+    lr_decay: float = 0.8
+    lr_decay_steps: int = 5000
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_iters: int = 100
@@ -50,6 +54,8 @@ class TrainConfig:
     poly_power: float = 0.9
     min_lr: float = 0.0
     grad_clip: float | None = 10.0
+    grad_clip_value: float | None = None  # clip every gradient element to [−v, v] (Ren & Zemel: 1), before grad_clip
+    init_from: str | None = None          # weights (.safetensors / .pt) to start from; matching names and shapes load
     class_weights: str | list | None = None   # None | "median_freq" | list of K floats
     class_weight_power: float = 1.0           # weights are raised to this power (0.5 softens median_freq)
     aux_weight: float = 0.4
@@ -100,7 +106,7 @@ _NONE = ("null", "none", "~", "")
 # tuple fields: (element type, length or None for any length >= 1)
 _TUPLES = {"crop": (int, 2), "scale_range": (float, 2), "eval_crop": (int, 2), "eval_stride": (int, 2),
            "eval_scales": (float, None)}
-CHOICES = {"optimizer": ("adamw", "sgd"), "precision": PRECISIONS, "eval_mode": ("whole", "slide")}
+CHOICES = {"optimizer": ("adamw", "adam", "sgd"), "lr_schedule": ("poly", "staircase"), "precision": PRECISIONS, "eval_mode": ("whole", "slide")}
 
 
 def _bad(key, value, expected: str) -> ConfigError:
@@ -221,6 +227,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(c.warmup_iters >= 0, "warmup_iters", c.warmup_iters, "it must be >= 0")
     _check(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "it must be in [0, 1)")
     _check(c.grad_clip is None or c.grad_clip > 0, "grad_clip", c.grad_clip, "it must be > 0, or null for none")
+    _check(c.grad_clip_value is None or (c.grad_clip_value > 0 and math.isfinite(c.grad_clip_value)),
+           "grad_clip_value", c.grad_clip_value, "it must be a finite number > 0, or null for none")
+    _check(c.adam_eps > 0, "adam_eps", c.adam_eps, "it must be > 0")
+    _check(0 < c.lr_decay <= 1, "lr_decay", c.lr_decay, "it must be in (0, 1] (the factor per lr_decay_steps)")
+    _check(c.lr_decay_steps >= 1, "lr_decay_steps", c.lr_decay_steps, "it must be >= 1 step")
     _check(c.val_interval >= 0, "val_interval", c.val_interval, "it must be >= 0 (0 = validate only at the end)")
     _check(c.val_max_images is None or c.val_max_images >= 1, "val_max_images", c.val_max_images,
            "it must be >= 1, or null for the whole split")

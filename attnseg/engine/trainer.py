@@ -67,8 +67,12 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup from warmup_ratio*lr over warmup_iters steps, then poly decay by ``progress`` in [0, 1]."""
-    lr = (cfg.lr - cfg.min_lr) * max(0.0, 1.0 - progress) ** cfg.poly_power + cfg.min_lr
+    """Linear warmup from warmup_ratio*lr over warmup_iters steps, then poly decay by ``progress`` in [0, 1]; or
+    (``lr_schedule=staircase``) lr · lr_decay^floor(step / lr_decay_steps), after the same warmup."""
+    if cfg.lr_schedule == "staircase":
+        lr = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_steps)
+    else:
+        lr = (cfg.lr - cfg.min_lr) * max(0.0, 1.0 - progress) ** cfg.poly_power + cfg.min_lr
     if step < cfg.warmup_iters:
         lr *= cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_iters
     return lr
@@ -82,10 +86,12 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps)
+    if cfg.optimizer == "adam":  # weight decay added to the gradient (L2), as TensorFlow's wd · l2_loss
+        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"optimizer {cfg.optimizer!r} unknown; choose adamw or sgd")
+    raise ValueError(f"optimizer {cfg.optimizer!r} unknown; choose adamw, adam or sgd")
 
 
 def inference_config(cfg: TrainConfig) -> InferenceConfig:
@@ -212,7 +218,8 @@ class Trainer:
         self.refused_step = None  # the last step whose non-finite state save() refused
         self.log = JsonLog(self.run_dir / "log.jsonl" if self.main else None)
         self.git = git_hash()
-        self._maybe_resume()
+        if not self._maybe_resume() and cfg.init_from:
+            self._init_from(cfg.init_from)
         self.model = self.prec.model(self.model)
         self.ddp_model = wrap_model(self.model, self.prec.device, self.world)
         if self.main:
@@ -351,7 +358,24 @@ class Trainer:
         return {"mode": c.mode, "crop": c.crop, "stride": c.stride, "scales": list(c.scales), "flip": c.flip,
                 "test_scale": c.test_scale}
 
-    def _maybe_resume(self):
+    def _init_from(self, source: str) -> None:
+        """Start from the weights of another run (e.g. Ren & Zemel's box-network pre-training): every tensor whose
+        name and shape match loads; the rest keeps its initialisation. Refuses a source that shares nothing."""
+        sd, meta = ckpt_io.read_checkpoint(source)
+        own = self.model.state_dict()
+        fits = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+        if not fits:
+            raise ValueError(f"init_from={source}: none of its {len(sd)} tensors fits {self.cfg.model} (names or "
+                             "shapes differ); start it from a run of the same model")
+        self.model.load_state_dict(fits, strict=False)
+        fresh = sorted(set(own) - set(fits))
+        if self.main:
+            print(f"init_from {source} ({meta.get('model', '?')}): {len(fits)} of {len(own)} tensors loaded"
+                  + (f"; {len(fresh)} start fresh ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})"
+                     if fresh else ""), flush=True)
+
+    def _maybe_resume(self) -> bool:
+        """Continue from run_dir's last.pt when it exists (and resume is on); True when it did."""
         path = self.run_dir / "checkpoints" / "last.pt"
         if not (self.cfg.resume and path.is_file()):
             if self.main and (self.run_dir / "log.jsonl").is_file():
@@ -360,7 +384,7 @@ class Trainer:
                 dropped = self.log.rewind(0)
                 print(f"starting from step 0 in {self.run_dir}, which holds an earlier log: {why}"
                       + (f"; its {dropped} step records are dropped from log.jsonl" if dropped else ""), flush=True)
-            return
+            return False
         state = ckpt_io.load_training_state(path)
         if state["meta"].get("model") != self.cfg.model:
             raise ValueError(f"{path} holds a {state['meta'].get('model')} run but the config asks for "
@@ -382,6 +406,7 @@ class Trainer:
             print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})"
                   + (f"; {dropped} log records after step {self.step} are dropped and will be logged again"
                      if dropped else ""), flush=True)
+        return True
 
     def save(self) -> bool:
         """Write last.pt; refuses (returns False) when the model or optimiser holds NaN/Inf, so that last.pt always
@@ -448,8 +473,12 @@ class Trainer:
         x = self.prec.images(batch["image"])
         if self.task == "instances":
             y = batch["instances"].to(self.prec.device, non_blocking=True)
+            # recurrent models teacher-force the ground truth on a schedule of the training step
+            extra = {"targets": y} if getattr(self.model, "uses_targets", False) else {}
+            if hasattr(self.model, "set_training_step"):
+                self.model.set_training_step(self.step)
             with self.prec.autocast():
-                out = self.ddp_model(x)
+                out = self.ddp_model(x, **extra)
             loss, parts = self.model.loss(out, y)  # the model owns its loss (computed in float32)
         elif self.task == "classification":
             y = batch["label"].to(self.prec.device, non_blocking=True)
@@ -467,8 +496,11 @@ class Trainer:
                                 "precision=fp32.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if cfg.grad_clip:
+        if cfg.grad_clip or cfg.grad_clip_value:
             self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip_value:
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), cfg.grad_clip_value)
+        if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()

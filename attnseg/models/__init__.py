@@ -23,6 +23,7 @@ from .fg_boundary_watershed import fg_boundary_watershed
 from .flanet import flanet
 from .instance_base import InstanceModel
 from .ram import ram
+from .recurrent_attention import recurrent_attention
 from .recurrent_refinement import recurrent_refinement
 from .segaware import segaware, segaware_crf
 from .st_cnn import st_cnn
@@ -70,7 +71,13 @@ MODELS["unet_watershed"] = fg_boundary_watershed
 MODELS["unet_watershed_w16"] = partial(fg_boundary_watershed, width=16)
 MODELS["unet_discriminative"] = discriminative_embedding
 MODELS["unet_discriminative_w16"] = partial(discriminative_embedding, width=16)
-INSTANCE_MODELS = ("unet_watershed", "unet_watershed_w16", "unet_discriminative", "unet_discriminative_w16")
+# Ren & Zemel's recurrent attention (one object per step: box network, segmentation inside the box, score, canvas);
+# the CVPPP column of their table, and attnseg's configuration for nuclei tiles (128x128, K = 24)
+MODELS["recurrent_attention"] = recurrent_attention
+MODELS["recurrent_attention_nuclei"] = partial(recurrent_attention, image_size=(128, 128), layout="nuclei",
+                                               filter_size=24)
+INSTANCE_MODELS = ("unet_watershed", "unet_watershed_w16", "unet_discriminative", "unet_discriminative_w16",
+                   "recurrent_attention", "recurrent_attention_nuclei")
 # Attention over locations (task "classification", digits): a plain CNN, a CNN behind a spatial transformer
 # (affine, or scale + translation), RAM's hard glimpses trained by REINFORCE (RNN or LSTM core), and the recurrent
 # classifier reading through DRAW's Gaussian filter bank; the number of glimpses is a model option

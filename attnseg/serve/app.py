@@ -236,7 +236,9 @@ class ModelHub:
 
 def pictures_json(pictures) -> list[dict]:
     return [{"name": p.name, "title": p.title, "query": list(p.query) if p.query else None,
-             "png": png_base64(p.image)} for p in pictures]
+             "png": png_base64(p.image),
+             **({"gif": base64.b64encode(p.animation).decode("ascii")} if p.animation is not None else {})}
+            for p in pictures]
 
 
 def predict_response(hub: ModelHub, name: str, predictor, image: np.ndarray, query, attention: bool,

@@ -54,6 +54,7 @@ class Picture:
     title: str
     image: np.ndarray                    # (h, w, 3) uint8
     query: tuple[int, int] | None = None  # the image pixel (y, x) it was drawn for
+    animation: bytes | None = None        # an animated GIF of the same content (written as ``<stem>_<name>.gif``)
 
     def to_pil(self) -> Image.Image:
         return Image.fromarray(self.image)

@@ -269,7 +269,16 @@ function figure(picture) {
   img.alt = picture.title;
   const cap = document.createElement("figcaption");
   cap.textContent = picture.title;
-  fig.append(img, cap);
+  fig.append(img);
+  if (picture.gif) {
+    // a sequence (recurrent instance models): the strip, then the same steps animated
+    const anim = document.createElement("img");
+    anim.className = "animation";
+    anim.src = "data:image/gif;base64," + picture.gif;
+    anim.alt = picture.title + " (animated)";
+    fig.append(anim);
+  }
+  fig.append(cap);
   return fig;
 }
 
