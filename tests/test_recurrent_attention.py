@@ -147,12 +147,12 @@ def test_gt_masks_sorted_by_area_and_padded():
 def test_mask_boxes_padding_and_box_masks():
     m = torch.zeros(1, 2, 40, 40)
     m[0, 0, 10:20, 5:35] = 1                 # 10 x 30
-    boxes = mask_boxes(m, torch.tensor([1]), pad_ratio=0.2, pad_min=4.0)
-    # y: max(0.2·10, 4) = 4 -> ±2; x: 0.2·30 = 6 -> ±3
-    assert boxes[0, 0].tolist() == pytest.approx([8, 2, 22, 38])
+    boxes = mask_boxes(m, torch.tensor([1]), pad_ratio=0.2, pad_min=3.0)
+    # each side (the code's get_gt_box): y max(0.2·10, 3) = 3; x 0.2·30 = 6, clipped to the image
+    assert boxes[0, 0].tolist() == pytest.approx([7, 0, 23, 40])
     assert boxes[0, 1].tolist() == [0, 0, 0, 0]
     bm = box_masks(boxes[0, :1], 40, 40)[0]
-    assert bm.sum() == 14 * 36 and bm[8, 2] == 1 and bm[7, 2] == 0 and bm[21, 37] == 1 and bm[22, 37] == 0
+    assert bm.sum() == 16 * 40 and bm[7, 0] == 1 and bm[6, 0] == 0 and bm[22, 39] == 1 and bm[23, 39] == 0
 
 
 # -- scheduled sampling ----------------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ def wrap_model(model: torch.nn.Module, device: torch.device, world: int) -> torc
     from ..nn.sync_batchnorm import convert_batchnorm
     model = convert_batchnorm(model, cuda=device.type == "cuda")
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+    # a model may leave parameters without gradients by design (Ren & Zemel's box phase: the decoder)
+    unused = bool(getattr(model, "ddp_find_unused_parameters", False))
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
 
 def barrier():

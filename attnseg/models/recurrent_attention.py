@@ -41,10 +41,14 @@ Paper and code differ; the paper is the default, the code's behaviour an option:
   one as taken (``grd_match_cum`` stays zero): ``greedy_reuse=True``.
 * The code trains CVPPP on 103 of the 128 images (a RandomState(2) 80 % split); the paper says 128. That is a
   data split (``splits/train.txt``), not a model option.
-* The box centre is squashed by tanh into the image and the log size by −softplus(−·) to at most the image
-  (the code's ``squash_ctrl_params``, which no run script sets; without it the box left the image within 20 steps
-  here, pushed by the score loss's gradients through the shared LSTM): ``squash=False`` for the unbounded
-  outputs. log γ_box starts at 4 (``box_gamma_init``; the code: ~0, see ``__init__``).
+* The box centre is squashed by tanh into the image and the log size by −softplus(−·) to at most the image (the
+  code has a similar ``squash_ctrl_params``, tanh and −softplus, which no run script sets; without it the box left
+  the image within 20 steps here, pushed by the score loss's gradients through the shared LSTM): ``squash=False``
+  for the code's unbounded outputs. log γ_box starts at 4 (``box_gamma_init``; the code: ~0, see ``__init__``).
+* In the box phase the score sees [h_N, core] as in the full phase (the code's ``box_model.py`` scores from h_N
+  alone), so the full phase starts with a trained score head and a segmentation encoder trained by the score loss
+  (the code's ``pretrain_ctrl_net`` copies only the controller).
+* A teacher-forced box keeps σ² = δ/K of the ground-truth box (the code keeps the variance of the predicted one).
 * The box loss is matched by the Hungarian method, as the code's ``f_segm_match`` on the box IoU (the greedy match
   only chooses what to teacher-force).
 
@@ -67,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.amp import no_autocast
 from ..nn.gaussian_attention import attention_banks, filterbank_read, filterbank_write, ren_zemel_box_params
 from ..nn.instance_matching import (box_masks, greedy_pick, gt_masks, hungarian_match, mask_boxes, matched_iou_loss,
                                     monotone_score_loss, soft_iou)
@@ -191,6 +196,11 @@ class RecurrentAttention(InstanceModel):
     #: the trainer passes the ground truth to ``forward`` (teacher forcing) and the step (scheduled sampling)
     uses_targets = True
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """The box phase leaves the decoder without gradients (DDP must be told)."""
+        return self.phase == "box"
+
     def set_training_step(self, step: int) -> None:
         self.training_step = int(step)
 
@@ -217,7 +227,7 @@ class RecurrentAttention(InstanceModel):
         centre = torch.stack([tight[:, 2] + tight[:, 0], tight[:, 3] + tight[:, 1]], 1) / 2
         centre = centre + (torch.rand_like(size) * 2 - 1) * self.box_centre_noise * size
         ratio = self.pad_ratio + (torch.rand_like(size) * 2 - 1) * self.box_pad_noise
-        size = size + torch.clamp(ratio * size, min=self.pad_min)
+        size = size + 2 * torch.clamp(ratio * size, min=self.pad_min)     # both sides
         return torch.cat([centre - size / 2, centre + size / 2], 1)
 
     def forward(self, images: Tensor, targets: Tensor | None = None) -> dict:
@@ -289,14 +299,15 @@ class RecurrentAttention(InstanceModel):
             if self.phase == "full":
                 skips = [None, *acts[-2::-1], patch] if self.skip_connections else None
                 p = self.decoder(core, t, skips)                           # (B, 1, K, K), >= 0
-                y_raw = filterbank_write(p.float(), Fy, Fx)                # ỹ = F_Yᵀ p F_X, (B, 1, H, W)   Eq. 6
+                with no_autocast(x.device.type):                           # the write-back in float32
+                    y_raw = filterbank_write(p.float(), Fy, Fx)            # ỹ = F_Yᵀ p F_X, (B, 1, H, W)   Eq. 6
                 y = torch.sigmoid(torch.exp(raw[:, 8])[:, None, None, None] * y_raw + BETA)          # Eq. 7
                 if self.output_masking:
                     y = (1 - canvas) * y
             else:                                                          # box pre-training: no masks
                 y = bm[:, None]
             if teacher:
-                noisy = gt_mask * (1 - self.mask_noise * torch.rand(B, 1, 1, 1, device=x.device))
+                noisy = gt_mask * (1 - self.mask_noise * torch.rand_like(gt_mask))   # per pixel, as the code
                 p_segm = self.knob(self.segm_knob_offset, t) if self.phase == "full" else 1.0
                 use_gt = (torch.rand(B, device=x.device) < p_segm)[:, None, None, None]
                 new = torch.where(use_gt, noisy, y.detach())
@@ -317,6 +328,8 @@ class RecurrentAttention(InstanceModel):
         else:
             out["glimpses"] = torch.stack(glimpses, 1)                    # (B, T, 3, K, K)
         if (H0, W0) != (H, W):
+            if self.training:                                              # the loss is computed at the model's size
+                out["masks_model"] = out["masks"]
             out["masks"] = F.interpolate(out["masks"], (H0, W0), mode="bilinear", align_corners=False)
             out["boxes"] = out["boxes"] * out["boxes"].new_tensor([H0 / H, W0 / W, H0 / H, W0 / W])
         return out
@@ -324,7 +337,7 @@ class RecurrentAttention(InstanceModel):
     # -- loss ------------------------------------------------------------------------------------------------------
     def loss(self, out: dict, instances: Tensor) -> tuple[Tensor, dict]:
         gt, counts, _, gt_box_masks = out.get("_targets") or self._targets(instances)
-        masks = out["masks"]
+        masks = out.get("masks_model", out["masks"])
         if masks.shape[-2:] != gt.shape[-2:]:
             masks = F.interpolate(masks, gt.shape[-2:], mode="bilinear", align_corners=False)
         T = masks.shape[1]
@@ -419,25 +432,25 @@ def recurrent_attention(num_classes: int = 1, image_size: tuple | list = (224, 2
                         dynamic_var: bool = False, fixed_gamma: bool = True, preprocess: bool = False,
                         scheduled_sampling: bool = True, box_knob_offset: int = -50000, segm_knob_offset: int = 3000,
                         knob_decay: float = 700.0, knob_timescale: bool = True, mask_noise: float = 0.3,
-                        pad_min: float = 20.0, greedy_reuse: bool = False, box_weight: float = 1.0, score_weight: float = 1.0,
-                        mask_threshold: float = 0.3, score_threshold: float = 0.5,
-                        min_size: int = 0) -> RecurrentAttention:
+                        box_centre_noise: float = 0.05, box_pad_noise: float = 0.1, pad_ratio: float = 0.2,
+                        pad_min: float = 20.0, greedy_reuse: bool = False, box_weight: float = 1.0,
+                        score_weight: float = 1.0, mask_threshold: float = 0.3, score_threshold: float = 0.5,
+                        min_size: int = 0, box_gamma_init: float = 4.0, squash: bool = True) -> RecurrentAttention:
     """Ren & Zemel's recurrent attention model (defaults: the CVPPP column of METHODS §4.2 with the paper's skips
     and output masking). ``image_size`` (H, W): the size the networks run at (inputs are resized to it); ``steps``:
-    T, one more than the most objects expected; ``layout``: "cvppp", "kitti" or "nuclei" (``LAYOUTS``);
-    ``phase``: "box" pre-trains the box network, "full" trains everything (start it from the box run with
-    ``init_from``); ``box_network=False``: the ablation that attends to the whole image at every step;
-    ``iterations``: glimpse-LSTM iterations (1, 3 or 5 in the ablation); ``scheduled_sampling=False``: no ground
-    truth fed in the full phase; ``*_knob_offset`` / ``knob_decay``: the schedule (CVPPP: box −50000, i.e. never,
-    masks 3000, half-life 700 steps); ``pad_min``: the least padding of a ground-truth box, in model pixels (the
-    code's 16 + 4 at 224x224)."""
+    T, one more than the most objects expected (an image with T or more objects never teaches the stop);
+    ``layout``: "cvppp", "kitti" or "nuclei" (``LAYOUTS``); ``phase``: "box" pre-trains the box network, "full"
+    trains everything (start it from the box run with ``init_from``); ``box_network=False``: the ablation that
+    attends to the whole image at every step; ``iterations``: glimpse-LSTM iterations (1, 3 or 5 in the ablation);
+    ``scheduled_sampling=False``: no ground truth fed in the full phase; ``*_knob_offset`` / ``knob_decay``: the
+    schedule (CVPPP: box −50000, i.e. never, masks 3000, half-life 700 steps); ``pad_ratio`` / ``pad_min``: each
+    side of a ground-truth box grows by max(pad_ratio · size, pad_min) model pixels (the code: 0.2 and 16 + 4 at
+    224x224); ``squash``: the box inside the image (see the module docstring); the rest: ``RecurrentAttention``."""
+    options = {k: v for k, v in locals().items() if k != "num_classes"}
     if num_classes != 1:
         raise ValueError(f"recurrent_attention segments instances of one class; the data has {num_classes} instance "
                          "classes")
     if not isinstance(image_size, (list, tuple)) or len(image_size) != 2:
         raise ValueError(f"image_size must be [H, W], not {image_size!r}")
-    return RecurrentAttention((int(image_size[0]), int(image_size[1])), steps, layout, filter_size, iterations, phase,
-                              box_network, skip_connections, output_masking, dynamic_var, fixed_gamma, preprocess,
-                              scheduled_sampling, box_knob_offset, segm_knob_offset, knob_decay, knob_timescale,
-                              mask_noise, pad_min=pad_min, greedy_reuse=greedy_reuse, box_weight=box_weight, score_weight=score_weight,
-                              mask_threshold=mask_threshold, score_threshold=score_threshold, min_size=min_size)
+    options["image_size"] = (int(image_size[0]), int(image_size[1]))
+    return RecurrentAttention(**options)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .amp import no_autocast
+
 IOU_EPS = 1e-5
 
 
@@ -32,7 +34,8 @@ def soft_iou(a: Tensor, b: Tensor, eps: float = IOU_EPS) -> Tensor:
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     a, b = a.to(dtype).flatten(2), b.to(dtype).flatten(2)              # (B, T, HW), (B, N, HW)
-    inter = a @ b.transpose(1, 2)                                       # (B, T, N)
+    with no_autocast(a.device.type):                                    # not in bf16 under the trainer's autocast
+        inter = a @ b.transpose(1, 2)                                   # (B, T, N)
     hw = a.shape[-1]
     # Σ (a + b − ab + ε) over the pixels
     union = a.sum(-1)[:, :, None] + b.sum(-1)[:, None, :] - inter + eps * hw
@@ -133,8 +136,8 @@ def gt_masks(instances: Tensor, max_count: int | None = None) -> tuple[Tensor, T
 
 def mask_boxes(masks: Tensor, counts: Tensor, pad_ratio: float = 0.2, pad_min: float = 20.0) -> Tensor:
     """Tight boxes of masks, padded: (B, N, H, W) -> (B, N, 4) (y0, x0, y1, x1) in pixel-edge coordinates, each side
-    grown by max(pad_ratio · size, pad_min) / 2 and clipped to the image (the code's ``attn_box_padding_ratio`` 0.2
-    with ``padding`` 16 + 4). Empty masks get an empty box at 0."""
+    grown by max(pad_ratio · size, pad_min) and clipped to the image (the code's ``get_gt_box``:
+    ``attn_box_padding_ratio`` 0.2, ``padding`` 16 + 4 at 224x224). Empty masks get an empty box at 0."""
     B, N, H, W = masks.shape
     rows, cols = masks.amax(3) > 0, masks.amax(2) > 0                   # (B, N, H), (B, N, W)
     ar_y = torch.arange(H, device=masks.device, dtype=torch.float32)
@@ -145,8 +148,8 @@ def mask_boxes(masks: Tensor, counts: Tensor, pad_ratio: float = 0.2, pad_min: f
     x0 = torch.where(cols, ar_x, big).amin(-1)
     x1 = torch.where(cols, ar_x, -big).amax(-1) + 1
     present = rows.any(-1)
-    hy = torch.clamp(pad_ratio * (y1 - y0), min=pad_min) / 2
-    hx = torch.clamp(pad_ratio * (x1 - x0), min=pad_min) / 2
+    hy = torch.clamp(pad_ratio * (y1 - y0), min=pad_min)               # per side
+    hx = torch.clamp(pad_ratio * (x1 - x0), min=pad_min)
     box = torch.stack([(y0 - hy).clamp(0, H), (x0 - hx).clamp(0, W), (y1 + hy).clamp(0, H), (x1 + hx).clamp(0, W)], -1)
     return torch.where(present[..., None], box, torch.zeros_like(box))
 
