@@ -81,7 +81,8 @@ def main(argv=None) -> dict:
                   f"{m['DSB']:.3f} SBD {100 * m['SBD']:.1f} |DiC| {m['|DiC|']:.2f} AP50 {ap['AP50']:.3f} "
                   f"forward {rows[-1]['forward_ms']:.0f} ms group {rows[-1]['group_ms']:.0f} ms",
                   file=sys.stderr, flush=True)
-    doc = {"benchmark": "instance_counts", "kind": args.kind, "when": time.strftime("%Y-%m-%d %H:%M"), "size": args.size,
+    doc = {"benchmark": "instance_counts", "kind": args.kind, "when": time.strftime("%Y-%m-%d %H:%M"),
+           "size": args.size,
            "images_per_count": args.images, "precision": args.precision, "machine": machine_info("cpu"),
            "rows": rows}
     emit(doc, args.out)

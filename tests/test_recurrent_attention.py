@@ -15,8 +15,16 @@ from attnseg.models import create_model
 from attnseg.models.recurrent_attention import angle_target, knob_probability
 from attnseg.models.recurrent_attention_parts import ConvStack, PerStepBatchNorm
 from attnseg.nn.gaussian_attention import attention_banks, filterbank_write, ren_zemel_box_params
-from attnseg.nn.instance_matching import (box_masks, greedy_pick, gt_masks, hungarian_match, mask_boxes,
-                                          matched_iou_loss, monotone_score_loss, soft_iou)
+from attnseg.nn.instance_matching import (
+    box_masks,
+    greedy_pick,
+    gt_masks,
+    hungarian_match,
+    mask_boxes,
+    matched_iou_loss,
+    monotone_score_loss,
+    soft_iou,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -398,8 +406,10 @@ def test_one_class_only():
 
 
 def test_step_pictures_strip_frames_and_gif():
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     from attnseg.viz.recurrent_steps import CAPTION, CELL, gif_bytes, step_frames, step_strip
     img, _ = scene(n=3)
     m = small()

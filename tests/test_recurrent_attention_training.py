@@ -73,6 +73,7 @@ def test_init_from_reports_what_it_loaded(tmp_path, stages, capsys):
 def test_predict_from_the_run_with_attention(stages, tmp_path):
     _, full = stages
     from PIL import Image
+
     from attnseg.data.synthetic_instances import leaf_rosette
     img, _ = leaf_rosette(3, (64, 64), (3, 5))
     Image.fromarray(img).save(tmp_path / "plant.png")

@@ -44,7 +44,7 @@ class TrainConfig:
     optimizer: str = "adamw"              # adamw | adam (L2 weight decay, as TensorFlow's l2_loss) | sgd
     adam_eps: float = 1e-8                # Adam / AdamW ε (Ren & Zemel: 1e-7)
     lr: float = 2e-3
-    lr_schedule: str = "poly"             # poly (warmup, then poly decay) | staircase (lr · lr_decay^floor(step / lr_decay_steps))
+    lr_schedule: str = "poly"             # poly (warmup, poly decay) | staircase (lr · lr_decay^⌊step / lr_decay_steps⌋)
     lr_decay: float = 0.8
     lr_decay_steps: int = 5000
     weight_decay: float = 1e-4
@@ -106,7 +106,8 @@ _NONE = ("null", "none", "~", "")
 # tuple fields: (element type, length or None for any length >= 1)
 _TUPLES = {"crop": (int, 2), "scale_range": (float, 2), "eval_crop": (int, 2), "eval_stride": (int, 2),
            "eval_scales": (float, None)}
-CHOICES = {"optimizer": ("adamw", "adam", "sgd"), "lr_schedule": ("poly", "staircase"), "precision": PRECISIONS, "eval_mode": ("whole", "slide")}
+CHOICES = {"optimizer": ("adamw", "adam", "sgd"), "lr_schedule": ("poly", "staircase"), "precision": PRECISIONS,
+           "eval_mode": ("whole", "slide")}
 
 
 def _bad(key, value, expected: str) -> ConfigError:

@@ -73,8 +73,16 @@ from torch import Tensor, nn
 
 from ..nn.amp import no_autocast
 from ..nn.gaussian_attention import attention_banks, filterbank_read, filterbank_write, ren_zemel_box_params
-from ..nn.instance_matching import (box_masks, greedy_pick, gt_masks, hungarian_match, mask_boxes, matched_iou_loss,
-                                    monotone_score_loss, soft_iou)
+from ..nn.instance_matching import (
+    box_masks,
+    greedy_pick,
+    gt_masks,
+    hungarian_match,
+    mask_boxes,
+    matched_iou_loss,
+    monotone_score_loss,
+    soft_iou,
+)
 from .instance_base import InstanceModel, soft_dice_loss
 from .recurrent_attention_parts import BoxNetwork, ConvStack, DeconvStack
 from .unet import UNet

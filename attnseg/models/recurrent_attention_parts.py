@@ -36,7 +36,8 @@ class ConvStack(nn.Module):
         if len(depths) != len(pools):
             raise ValueError(f"one pool per conv layer: {len(depths)} depths but {len(pools)} pools")
         chans = (in_channels, *depths)
-        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False) for i in range(len(depths)))
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False)
+                                   for i in range(len(depths)))
         self.norms = nn.ModuleList(PerStepBatchNorm(d, steps) for d in depths)
         self.pools = tuple(pools)
         self.stride = 1
