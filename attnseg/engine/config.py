@@ -44,7 +44,7 @@ class TrainConfig:
     optimizer: str = "adamw"              # adamw | adam (L2 weight decay, as TensorFlow's l2_loss) | sgd
     adam_eps: float = 1e-8                # Adam / AdamW ε (Ren & Zemel: 1e-7)
     lr: float = 2e-3
-    lr_schedule: str = "poly"             # poly (warmup, poly decay) | staircase (lr · lr_decay^⌊step / lr_decay_steps⌋)
+    lr_schedule: str = "poly"             # poly (warmup, poly decay) | staircase (lr_decay every lr_decay_steps)
     lr_decay: float = 0.8
     lr_decay_steps: int = 5000
     weight_decay: float = 1e-4
