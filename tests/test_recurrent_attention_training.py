@@ -173,3 +173,25 @@ def test_web_page_answer_carries_the_step_strip_and_gif(stages):
     assert "gif" in pics["steps"] and "gif" not in pics["instance_colours"]
     gif = Image.open(io.BytesIO(base64.b64decode(pics["steps"]["gif"])))
     assert gif.format == "GIF" and gif.n_frames >= 2
+
+
+@pytest.mark.slow
+def test_onnx_export_of_the_unrolled_steps_predicts_the_torch_ids(stages, tmp_path):
+    """The T unrolled steps export (masks and scores as one tensor); the ONNX predictor groups them like PyTorch.
+    Slow: the export takes about a minute per step on one core."""
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(mod)
+    import numpy as np
+
+    import attnseg
+    from attnseg.data.synthetic_instances import leaf_rosette
+    _, full = stages
+    out = tmp_path / "ra.onnx"
+    assert main(["export", str(full), "--out", str(out)]) == 0
+    onnx, torch_p = attnseg.load(out), attnseg.load(full, precision="fp32")
+    for seed in (5, 6):
+        im = leaf_rosette(seed, (64, 64), (3, 5))[0]
+        a, b = onnx.predict(im), torch_p.predict(im)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        assert a.scores.keys() == b.scores.keys()
+        assert all(abs(a.scores[k] - b.scores[k]) < 1e-4 for k in a.scores)
