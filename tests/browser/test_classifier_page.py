@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .test_page import CHROMIUM, FLAGS, canvas_pixel, running_server, trained_run
+from .test_page import canvas_pixel, open_page, running_server, trained_run
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -37,11 +37,7 @@ def served(tmp_path_factory):
 
 def test_classifier_class_table_glimpses_and_no_overlay(served):
     base, image_path, root = served
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(base)
-        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    with open_page(base) as page:
         assert "classifier of 10 classes" in page.inner_text("#model-info")
         page.set_input_files("#file", str(image_path))
         page.wait_for_selector("#result:not([hidden])")
@@ -70,4 +66,3 @@ def test_classifier_class_table_glimpses_and_no_overlay(served):
         shot = Path(os.environ.get("ATTNSEG_CLASSIFIER_SCREENSHOT") or root / "page.png")
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot), full_page=True)
-        browser.close()

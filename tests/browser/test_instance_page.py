@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .test_page import CHROMIUM, FLAGS, canvas_pixel, running_server, trained_run
+from .test_page import canvas_pixel, example_image, open_page, running_server, trained_run
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -29,22 +29,14 @@ def served(tmp_path_factory):
     run = trained_run("ATTNSEG_BROWSER_INSTANCE_RUN", root, "ws", [
         "model=unet_watershed_w16", "model_kwargs={width: 8, depth: 2}", f"data={DATA}", "crop=[96,96]",
         "batch_size=4", "iters=60", "lr=0.005", "warmup_iters=5"])
-    image = os.environ.get("ATTNSEG_BROWSER_INSTANCE_IMAGE")
-    if not image:
-        from attnseg.data import build_dataset
-        image = root / "nuclei.png"
-        Image.fromarray(build_dataset(DATA, "val").load(0)[0]).save(image)
+    image = example_image("ATTNSEG_BROWSER_INSTANCE_IMAGE", root, DATA, "nuclei.png")
     with running_server(run) as base:
-        yield base, Path(image), root
+        yield base, image, root
 
 
 def test_instance_overlay_legend_hover_and_downloads(served):
     base, image_path, root = served
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(base)
-        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    with open_page(base) as page:
         assert "instances of nucleus" in page.inner_text("#model-info")
         page.set_input_files("#file", str(image_path))
         page.wait_for_selector("#result:not([hidden])")
@@ -81,4 +73,3 @@ def test_instance_overlay_legend_hover_and_downloads(served):
         shot = Path(os.environ.get("ATTNSEG_INSTANCE_SCREENSHOT") or root / "page.png")
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot), full_page=True)
-        browser.close()

@@ -72,6 +72,30 @@ def trained_run(env: str, root: Path, name: str, train_args: list[str]):
     return run
 
 
+@contextlib.contextmanager
+def open_page(base: str):
+    """Chromium on the page at ``base``, once its model list has loaded."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(base)
+        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def example_image(env: str, root: Path, data: str, name: str) -> Path:
+    """The image named by ``$env``, else the first val image of ``data`` saved as ``root / name``."""
+    image = os.environ.get(env)
+    if image:
+        return Path(image)
+    from attnseg.data import build_dataset
+    Image.fromarray(build_dataset(data, "val").load(0)[0]).save(root / name)
+    return root / name
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")

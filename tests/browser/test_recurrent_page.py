@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from .test_page import CHROMIUM, FLAGS, running_server, trained_run
+from .test_page import example_image, open_page, running_server, trained_run
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -26,22 +25,14 @@ def served(tmp_path_factory):
     run = trained_run("ATTNSEG_BROWSER_RECURRENT_RUN", root, "ra", [
         "model=recurrent_attention", "model_kwargs={image_size: [64, 64], steps: 4, filter_size: 16, pad_min: 4}",
         f"data={DATA}", "crop=[64,64]", "batch_size=2", "iters=3", "optimizer=adam", "warmup_iters=0"])
-    image = os.environ.get("ATTNSEG_BROWSER_RECURRENT_IMAGE")
-    if not image:
-        from attnseg.data import build_dataset
-        image = root / "plant.png"
-        Image.fromarray(build_dataset(DATA, "val").load(0)[0]).save(image)
+    image = example_image("ATTNSEG_BROWSER_RECURRENT_IMAGE", root, DATA, "plant.png")
     with running_server(run) as base:
-        yield base, Path(image), root
+        yield base, image, root
 
 
 def test_the_sequence_strip_and_its_animation(served):
     base, image_path, root = served
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(base)
-        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    with open_page(base) as page:
         page.set_input_files("#file", str(image_path))
         page.wait_for_selector("#result:not([hidden])")
         assert page.evaluate("state.result.kind") == "instance"
@@ -61,4 +52,3 @@ def test_the_sequence_strip_and_its_animation(served):
         shot.parent.mkdir(parents=True, exist_ok=True)
         fig.scroll_into_view_if_needed()
         page.screenshot(path=str(shot), full_page=True)
-        browser.close()
