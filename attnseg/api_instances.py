@@ -214,9 +214,8 @@ class InstancePredictor(CheckpointInfo):
             else:
                 # blend_heatmap resizes a map made at another test scale to the image
                 maps = res["maps"]
-                sequence = ({"maps": maps, "kept": self.model.found_steps(maps["scores"])}
-                            if hasattr(self.model, "found_steps") and "boxes" in maps else None)
-                result.attention = InstanceAttention(self.model.attention_maps(maps), image, res["ids"], sequence)
+                result.attention = InstanceAttention(self.model.attention_maps(maps), image, res["ids"],
+                                                     self.model.sequence(maps))
         result.timing_ms = {**res["timing_ms"], "inference": res["timing_ms"]["forward"] + res["timing_ms"]["group"],
                             "total": 1000 * (time.perf_counter() - t0)}
         return result
@@ -259,3 +258,6 @@ class OnnxInstanceModel:
 
     def attention_maps(self, maps):
         return self.post.attention_maps(maps)
+
+    def sequence(self, maps):
+        return self.post.sequence(maps)

@@ -37,16 +37,17 @@ def main(argv=None) -> dict:
     import torch
 
     from attnseg.data.synthetic_instances import leaf_rosette
+    from attnseg.data.transforms import Normalize
     from attnseg.engine.precision import Precision
     from attnseg.models import create_model
     prec = Precision.resolve(torch.device("cpu"), args.precision)
     steps = [int(s) for s in args.steps.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
-    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    normalize = Normalize()                                             # ImageNet mean / std, as the datasets
     setups = {}
     for size in sizes:
         scenes = [leaf_rosette(5000 + i, (size, size), (5, 20)) for i in range(args.train_batch)]
-        x = torch.stack([(torch.from_numpy(im).permute(2, 0, 1).float() / 255 - mean) / std for im, _ in scenes])
+        x = torch.stack([normalize(im, None, None)[0] for im, _ in scenes])
         y = torch.stack([torch.from_numpy(ids).long() for _, ids in scenes])
         for T in steps:
             torch.manual_seed(0)

@@ -195,3 +195,20 @@ def test_onnx_export_of_the_unrolled_steps_predicts_the_torch_ids(stages, tmp_pa
         np.testing.assert_array_equal(a.ids, b.ids)
         assert a.scores.keys() == b.scores.keys()
         assert all(abs(a.scores[k] - b.scores[k]) < 1e-4 for k in a.scores)
+
+
+@pytest.mark.parametrize("phase", ["box", "full"])
+def test_both_phases_train_under_bf16(tmp_path, phase):
+    """bf16 autocast through the engine (what precision=auto picks on AVX512-BF16 / AMX machines; emulated
+    elsewhere): finite losses, and a validation at the end; the module fixture covers fp32."""
+    import math
+
+    from attnseg.engine.trainer import train
+    metrics = train(TrainConfig(**{**COMMON, "precision": "bf16", "iters": 2,
+                                   "model_kwargs": {**KW, "phase": phase}, "run_dir": str(tmp_path / phase)}))
+    start = [r for r in map(json.loads, (tmp_path / phase / "log.jsonl").read_text().splitlines())
+             if r["kind"] == "start"][0]
+    assert start["precision"].startswith("bf16")
+    losses = [r["loss"] for r in records(tmp_path / phase)]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert 0 <= metrics["SBD"] <= 1

@@ -474,9 +474,8 @@ class Trainer:
         if self.task == "instances":
             y = batch["instances"].to(self.prec.device, non_blocking=True)
             # recurrent models teacher-force the ground truth on a schedule of the training step
-            extra = {"targets": y} if getattr(self.model, "uses_targets", False) else {}
-            if hasattr(self.model, "set_training_step"):
-                self.model.set_training_step(self.step)
+            extra = {"targets": y} if self.model.uses_targets else {}
+            self.model.set_training_step(self.step)
             with self.prec.autocast():
                 out = self.ddp_model(x, **extra)
             loss, parts = self.model.loss(out, y)  # the model owns its loss (computed in float32)

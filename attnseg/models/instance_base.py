@@ -92,6 +92,16 @@ class InstanceModel(nn.Module):
     def attention_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v for k, v in maps.items() if v.ndim == 2}
 
+    def sequence(self, maps: dict[str, np.ndarray]) -> dict | None:
+        """Models that find instances step by step: {"maps": maps, "kept": steps kept} for the step pictures."""
+        return None
+
+    #: models that teacher-force the ground truth take ``forward(images, targets=instances)`` in training
+    uses_targets = False
+
+    def set_training_step(self, step: int) -> None:
+        """The trainer's step before each forward (schedules such as scheduled sampling); nothing by default."""
+
     @torch.no_grad()
     def predict_instances(self, images: torch.Tensor) -> list[dict]:
         from ..data.instances import to_torchvision

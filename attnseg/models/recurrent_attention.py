@@ -212,18 +212,26 @@ class RecurrentAttention(InstanceModel):
     def set_training_step(self, step: int) -> None:
         self.training_step = int(step)
 
+    def sequence(self, maps: dict[str, np.ndarray]) -> dict | None:
+        """The step pictures need the boxes (absent from an exported model's maps)."""
+        return {"maps": maps, "kept": self.found_steps(maps["scores"])} if "boxes" in maps else None
+
     def knob(self, offset: int, t: int) -> float:
         if not self.scheduled_sampling:
             return 0.0
         return knob_probability(self.training_step, offset, self.knob_decay, t, self.knob_timescale)
 
     # -- forward ---------------------------------------------------------------------------------------------------
+    def _at_model_size(self, instances: Tensor) -> Tensor:
+        """(B, H0, W0) ids -> (B, H, W) at ``image_size`` (nearest)."""
+        if tuple(instances.shape[-2:]) == self.image_size:
+            return instances
+        return F.interpolate(instances[:, None].float(), self.image_size, mode="nearest")[:, 0].long()
+
     def _targets(self, instances: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(B, H0, W0) ids -> at the model's size: masks (B, N, H, W), counts (B,), tight boxes (B, N, 4) and the
         padded boxes' masks (B, N, H, W)."""
-        if tuple(instances.shape[-2:]) != self.image_size:
-            instances = F.interpolate(instances[:, None].float(), self.image_size, mode="nearest")[:, 0].long()
-        gt, counts = gt_masks(instances, self.steps)
+        gt, counts = gt_masks(self._at_model_size(instances), self.steps)
         tight = mask_boxes(gt, counts, 0.0, 0.0)
         padded = mask_boxes(gt, counts, self.pad_ratio, self.pad_min)
         return gt, counts, tight, box_masks(padded, *self.image_size)
@@ -274,9 +282,10 @@ class RecurrentAttention(InstanceModel):
                                  raw.new_full((B, 1), LOG_GAMMA_OUT_FIXED)], 1)
             params = ren_zemel_box_params(raw[:, :7], H, W, self.K, self.dynamic_var)
             Fy, Fx = attention_banks(params, H, W, self.K, "ren_zemel", "pdf")     # (B, K, H), (B, K, W)
-            # the box "mask" sigmoid(γ_box F_Yᵀ 1 F_X − 5) of the predicted box: (B, H) ⊗ (B, W) -> (B, H, W)
-            bm = torch.sigmoid(torch.exp(raw[:, 7])[:, None, None] * Fy.sum(1)[:, :, None] * Fx.sum(1)[:, None, :]
-                               + BETA)
+            # the box "mask" sigmoid(γ_box F_Yᵀ 1 F_X − 5) of the predicted box: (B, H) ⊗ (B, W) -> (B, H, W);
+            # needed by the box loss, the greedy pick and the box phase's output, not at inference
+            bm = (torch.sigmoid(torch.exp(raw[:, 7])[:, None, None] * Fy.sum(1)[:, :, None] * Fx.sum(1)[:, None, :]
+                                + BETA) if self.training or self.phase == "box" else None)
             box = torch.stack([params.centre_y - params.delta_y / 2, params.centre_x - params.delta_x / 2,
                                params.centre_y + params.delta_y / 2, params.centre_x + params.delta_x / 2], 1)
             if teacher:
@@ -325,7 +334,8 @@ class RecurrentAttention(InstanceModel):
             masks.append(y[:, 0])
             scores.append(s)
             boxes.append(box)
-            boxm.append(bm)
+            if self.training:
+                boxm.append(bm)
             if not self.training:
                 glimpses.append(patch[:, :3].float())
         out["masks"] = torch.stack(masks, 1)                              # (B, T, H, W)
@@ -366,9 +376,7 @@ class RecurrentAttention(InstanceModel):
         total = total + self.score_weight * l_s
         parts.update(box=l_box.detach(), score=l_s.detach())
         if self.fcn is not None:
-            ids = instances
-            if tuple(ids.shape[-2:]) != self.image_size:
-                ids = F.interpolate(ids[:, None].float(), self.image_size, mode="nearest")[:, 0].long()
+            ids = self._at_model_size(instances)
             fg_t = (ids > 0).float()[:, None]
             fg = out["pre_fg"].float()
             l_pre = F.binary_cross_entropy_with_logits(fg, fg_t) + soft_dice_loss(fg, fg_t)
