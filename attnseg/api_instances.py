@@ -53,11 +53,11 @@ class InstanceAttention:
                 name, name.replace("_", " "))
             pics.append(Picture(f"attn_{name}", title, blend_heatmap(self.image, np.asarray(m, np.float32))))
         if self.sequence is not None:
-            from .viz.recurrent_steps import gif_bytes, step_frames, step_strip
-            maps, kept = self.sequence["maps"], self.sequence["kept"]
+            from .viz.recurrent_steps import step_pictures
+            kept = self.sequence["kept"]
+            strip, gif = step_pictures(self.image, self.sequence["maps"], self.ids, kept)
             pics.append(Picture("steps", f"the sequence: {kept} steps kept (box, glimpse, mask, canvas, score)",
-                                step_strip(self.image, maps, self.ids, kept),
-                                animation=gif_bytes(step_frames(self.image, maps, self.ids, kept))))
+                                strip, animation=gif))
         count = len(np.unique(self.ids)) - 1
         pics.append(Picture("instance_colours", f"{count} instances", instance_picture(self.ids)))
         return pics, ([no_query] if query else [])

@@ -96,9 +96,11 @@ def labelled_instances(image: np.ndarray, ids: np.ndarray, cell: int | None = No
 ROW_TITLES = ("box", "glimpse", "mask", "canvas")
 
 
-def step_strip(image: np.ndarray, maps: dict, ids: np.ndarray, kept: int, cell: int = CELL) -> np.ndarray:
-    """One picture: a column per step (box on the image, glimpse, mask, canvas, score above), then the instance map."""
-    rows = step_cells(image, maps, kept, cell)
+def step_strip(image: np.ndarray, maps: dict, ids: np.ndarray, kept: int, cell: int = CELL,
+               rows: list | None = None) -> np.ndarray:
+    """One picture: a column per step (box on the image, glimpse, mask, canvas, score above), then the instance map.
+    ``rows``: ``step_cells``' output when the caller already has it."""
+    rows = step_cells(image, maps, kept, cell) if rows is None else rows
     scores = maps["scores"]
     cols = []
     for t, cells in enumerate(rows):
@@ -119,12 +121,14 @@ def step_strip(image: np.ndarray, maps: dict, ids: np.ndarray, kept: int, cell: 
     return np.concatenate([np.asarray(im), strip], 1)
 
 
-def step_frames(image: np.ndarray, maps: dict, ids: np.ndarray, kept: int, cell: int = CELL) -> list[np.ndarray]:
+def step_frames(image: np.ndarray, maps: dict, ids: np.ndarray, kept: int, cell: int = CELL,
+                rows: list | None = None) -> list[np.ndarray]:
     """The frames of the animation: per drawn step [box | glimpse | mask | canvas] captioned with the step and its
-    score, then the labelled instance map on a frame of the same size."""
+    score, then the labelled instance map on a frame of the same size. ``rows`` as in ``step_strip``."""
+    rows = step_cells(image, maps, kept, cell) if rows is None else rows
     frames = []
     scores = maps["scores"]
-    for t, cells in enumerate(step_cells(image, maps, kept, cell)):
+    for t, cells in enumerate(rows):
         stop = t >= kept
         frames.append(_caption(np.concatenate(cells, 1), f"step {t + 1}: score {scores[t]:.2f}"
                                + (" < threshold: stop" if stop else ""), (160, 0, 0) if stop else (0, 0, 0)))
@@ -132,6 +136,13 @@ def step_frames(image: np.ndarray, maps: dict, ids: np.ndarray, kept: int, cell:
     final[:, :cell] = _pad(labelled_instances(image, ids, cell), cell)
     frames.append(_caption(final, f"{len(np.unique(ids)) - 1} instances, each labelled by its step"))
     return frames
+
+
+def step_pictures(image: np.ndarray, maps: dict, ids: np.ndarray, kept: int) -> tuple[np.ndarray, bytes]:
+    """(the strip, the animated GIF), the per-step cells drawn once for both."""
+    rows = step_cells(image, maps, kept)
+    return (step_strip(image, maps, ids, kept, rows=rows),
+            gif_bytes(step_frames(image, maps, ids, kept, rows=rows)))
 
 
 def gif_bytes(frames: list[np.ndarray], ms: int = 700) -> bytes:
