@@ -37,6 +37,8 @@ class InstanceAttention:
     ids: np.ndarray = field(repr=False)
     #: recurrent models (Ren & Zemel): {"maps": the model's per-step maps, "kept": steps kept}, drawn step by step
     sequence: dict | None = field(default=None, repr=False)
+    #: proposal models (MNC): pictures of the regions considered (proposals, kept boxes), drawn by the model
+    regions: list = field(default_factory=list, repr=False)
     needs_query = False
 
     def pictures(self, query=None, query_only: bool = False):
@@ -58,6 +60,7 @@ class InstanceAttention:
             strip, gif = step_pictures(self.image, self.sequence["maps"], self.ids, kept)
             pics.append(Picture("steps", f"the sequence: {kept} steps kept (box, glimpse, mask, canvas, score)",
                                 strip, animation=gif))
+        pics.extend(self.regions)
         count = len(np.unique(self.ids)) - 1
         pics.append(Picture("instance_colours", f"{count} instances", instance_picture(self.ids)))
         return pics, ([no_query] if query else [])
@@ -69,7 +72,8 @@ class InstanceResult:
 
     Attributes:
         image: (H, W, 3) uint8 input; ids: (H, W) int32 instance map; scores: {id: confidence in [0, 1]};
-        class_names: the instance classes (every instance is class 1 of a one-class model);
+        class_names: the instance classes; classes: {id: class 1..K} (absent ids, and every id of a one-class
+        model, are class 1);
         attention: :class:`InstanceAttention` when asked for; timing_ms: {"forward", "group", "total"};
         inference: what ran (whole image or tiles); notes: sentences about what was decided.
     """
@@ -77,6 +81,7 @@ class InstanceResult:
     ids: np.ndarray = field(repr=False)
     scores: dict = field(repr=False)
     class_names: list = field(default_factory=lambda: ["object"])
+    classes: dict = field(default_factory=dict, repr=False)
     attention: InstanceAttention | None = None
     timing_ms: dict = field(default_factory=dict)
     inference: str = ""
@@ -94,15 +99,17 @@ class InstanceResult:
         y1) (x1, y1 exclusive), "area"}`` (one pass over the id map; no per-instance masks)."""
         from .data.instances import instance_boxes
         keys, slices, areas = instance_boxes(self.ids)
-        return [{"id": int(k), "label": 1, "class": self.class_names[0], "score": float(self.scores.get(int(k), 1.0)),
+        labels = [int(self.classes.get(int(k), 1)) for k in keys]
+        return [{"id": int(k), "label": c, "class": self.class_names[c - 1],
+                 "score": float(self.scores.get(int(k), 1.0)),
                  "box": [float(sx.start), float(sy.start), float(sx.stop), float(sy.stop)], "area": int(a)}
-                for k, (sy, sx), a in zip(keys, slices, areas)]
+                for k, (sy, sx), a, c in zip(keys, slices, areas, labels)]
 
     def to_torchvision(self) -> dict:
         """torchvision's form: ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64, ``scores`` (N,) float32,
         ``masks`` (N, H, W) bool."""
         from .data.instances import to_torchvision
-        tv = to_torchvision(self.ids)
+        tv = to_torchvision(self.ids, self.classes)
         return {"boxes": torch.from_numpy(tv["boxes"]), "labels": torch.from_numpy(tv["labels"]),
                 "scores": torch.tensor([self.scores.get(int(k), 1.0) for k in tv["ids"]], dtype=torch.float32),
                 "masks": torch.from_numpy(tv["masks"])}
@@ -161,6 +168,8 @@ class InstancePredictor(CheckpointInfo):
                              f"max_side >= tile; got {c}")
         if post:
             (self.model.post if backend == "onnx" else self.model).set_post(**post)
+        if hasattr(self.model, "class_names") and backend != "onnx":   # proposal models label their pictures
+            self.model.class_names = tuple(self.class_names)
         self.lock = threading.Lock()
 
     @property
@@ -206,8 +215,12 @@ class InstancePredictor(CheckpointInfo):
         if res["tiles"] > 1:
             notes.append(f"{W}x{H} exceeds {self.inference.max_side} px: predicted in {res['tiles']} tiles of "
                          f"{self.inference.tile} px (overlap {self.inference.overlap}) and merged")
+        if res["classes"] is None and len(self.class_names) > 1:
+            notes.append("the tiles' instances were merged without their classes: every instance is reported as "
+                         f"{self.class_names[0]}; raise max_side to predict the image whole")
         result = InstanceResult(image=image, ids=res["ids"], scores=res["scores"], class_names=self.class_names,
-                                inference=self.inference.describe(), model=self.name, notes=notes)
+                                classes=res["classes"] or {}, inference=self.inference.describe(), model=self.name,
+                                notes=notes)
         if want_attention:
             if res.get("maps") is None:
                 notes.append("the maps are drawn from one whole-image pass, which tiling replaced for this image")
@@ -215,7 +228,8 @@ class InstancePredictor(CheckpointInfo):
                 # blend_heatmap resizes a map made at another test scale to the image
                 maps = res["maps"]
                 result.attention = InstanceAttention(self.model.attention_maps(maps), image, res["ids"],
-                                                     self.model.sequence(maps))
+                                                     self.model.sequence(maps),
+                                                     self.model.region_pictures(image, maps, res["ids"]))
         result.timing_ms = {**res["timing_ms"], "inference": res["timing_ms"]["forward"] + res["timing_ms"]["group"],
                             "total": 1000 * (time.perf_counter() - t0)}
         return result
@@ -261,3 +275,9 @@ class OnnxInstanceModel:
 
     def sequence(self, maps):
         return self.post.sequence(maps)
+
+    def instance_classes(self, maps, ids):
+        return self.post.instance_classes(maps, ids)
+
+    def region_pictures(self, image, maps, ids):
+        return self.post.region_pictures(image, maps, ids)

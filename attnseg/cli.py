@@ -10,6 +10,7 @@
     attnseg info MODEL [--size HxW] [--num-classes K] [--batch B] [--json] [--set key=value ...]
     attnseg card RUN [--out FILE]
     attnseg data check SPEC [--splits train,val]
+    attnseg data coco-shapes OUT [--train N] [--val N] [--seed S] [--size HxW]
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"takes a number > 0, not {s!r}") from None
         return v
     return parse
+
+
+def _size(s: str) -> tuple[int, int]:
+    """``--size HxW`` (or one number for both) of integers >= 32, for generated images."""
+    h, _, w = s.lower().partition("x")
+    try:
+        size = (int(h), int(w or h))
+        if min(size) < 32:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes HxW, the image height and width in px, each at least 32, such as "
+                                         f"192x192; not {s!r}") from None
+    return size
 
 
 def _query(s: str) -> tuple[int, int]:
@@ -258,7 +272,7 @@ def eval_instances(args, model, meta: dict, prec) -> int:
     ds = build_dataset(args.data, args.split, transform=_normalize_from(meta))
     if task_of(ds) != "instances":
         raise ValueError(f"{meta['model']} is an instance model but {args.data} is a semantic dataset; give an "
-                         "instance dataset (dsb2018:, cvppp:, coco:, instances:, nuclei:, rosettes:)")
+                         "instance dataset (dsb2018:, cvppp:, coco:, instances:, nuclei:, rosettes:, shapes:)")
     predictor = InstancePredictor(model, meta, device=prec.device, precision=prec, **_tile_overrides(args))
     icfg = predictor.inference
     n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
@@ -440,6 +454,25 @@ def cmd_data(args) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_coco_shapes(args) -> int:
+    """``attnseg data coco-shapes OUT``: the synthetic three-class shapes set as COCO json + PNGs, and the two data
+    strings that read it."""
+    from .data.io import DataError
+    from .data.synthetic_instances import SHAPE_CLASSES, write_coco_shapes
+    if "," in args.out:
+        raise DataError(f"{args.out} holds a comma, which a coco:ANNOTATIONS.json,IMAGE_DIR data string cannot; "
+                        "choose a folder name without commas")
+    paths = write_coco_shapes(args.out, n_train=args.train, n_val=args.val, seed=args.seed, size=args.size)
+    n_train, n_val = (len(json.loads(paths[s].read_text())["annotations"]) for s in ("train", "val"))
+    classes = ", ".join(f"{k} {name}" for k, name in enumerate(SHAPE_CLASSES, start=1))
+    print(f"wrote {args.train} train scenes ({n_train} instances) and {args.val} val scenes ({n_val} instances) of "
+          f"{args.size[0]}x{args.size[1]} px, classes {classes}, to {paths['root']}")
+    print("train and evaluate on it with:")
+    print(f"  {shlex.quote('data=coco:' + str(paths['train']) + ',' + str(paths['images']))} "
+          f"{shlex.quote('val_data=coco:' + str(paths['val']) + ',' + str(paths['images']))}")
+    return 0
+
+
 def demo_instances(args) -> int:
     """``attnseg demo --task instances``: the foreground + boundary U-Net with watershed on synthetic nuclei."""
     from .engine.config import TrainConfig
@@ -577,6 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--splits", default="train,val")
     c.add_argument("--json", help="also write the report as JSON")
     c.set_defaults(func=cmd_data)
+    cs = dsub.add_parser("coco-shapes", help="write synthetic discs, squares and triangles (three instance classes) "
+                                             "as a COCO instance set: OUT/images, OUT/train.json, OUT/val.json")
+    cs.add_argument("out", help="folder to write (created if needed; rewritten if it holds an earlier set)")
+    cs.add_argument("--train", type=_positive(int), default=200, metavar="N", help="training scenes (default 200)")
+    cs.add_argument("--val", type=_positive(int), default=50, metavar="N", help="validation scenes (default 50)")
+    cs.add_argument("--seed", type=int, default=0, metavar="S",
+                    help="scene seed (default 0); train and val never share a scene")
+    cs.add_argument("--size", type=_size, default=(192, 192), metavar="HxW", help="image size (default 192x192)")
+    cs.set_defaults(func=cmd_coco_shapes)
     from .model_info import add_parser as add_info_parser
     add_info_parser(sub)
     from .model_card import add_parser as add_card_parser

@@ -532,6 +532,9 @@ def export_onnx(model: nn.Module, meta: dict, path, *, opset: int | None = None,
     if not 7 <= opset <= 23:
         raise ExportError(f"opset {opset} is not an ONNX opset the exporter writes; choose one up to 23 (default "
                           f"{DEFAULT_OPSET})")
+    why_not = getattr(model, "not_exportable", None)
+    if why_not:
+        raise ExportError(f"{name} cannot be exported to ONNX: {why_not}")
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if nbytes >= MAX_BYTES:
         raise ExportError(f"{name} has {nbytes / 2 ** 30:.1f} GiB of weights, over the 2 GiB of a single ONNX file; "

@@ -1,4 +1,5 @@
-"""The attnseg command end to end on tiny synthetic data: train, eval, predict, models, data check, errors."""
+"""The attnseg command end to end on tiny synthetic data: train, eval, predict, models, data check, data
+coco-shapes, errors."""
 
 import json
 
@@ -69,6 +70,54 @@ def test_data_check_reports_problems(tmp_path, capsys):
     assert main(["data", "check", f"camvid:{root}"]) == 1
     out = capsys.readouterr().out
     assert "s0.png" in out and "val/s1.png" in out and "Road" in out
+
+
+def test_data_coco_shapes_writes_a_set_the_printed_strings_read(tmp_path, capsys):
+    pytest.importorskip("pycocotools")
+    out = tmp_path / "shapes"
+    assert main(["data", "coco-shapes", str(out), "--train", "3", "--val", "2", "--seed", "4", "--size", "40x48"]) == 0
+    printed = capsys.readouterr().out
+    train, val = f"coco:{out}/train.json,{out}/images", f"coco:{out}/val.json,{out}/images"
+    assert f"data={train} val_data={val}" in printed
+    assert "wrote 3 train scenes" in printed and "2 val scenes" in printed and "1 disc, 2 square, 3 triangle" in printed
+    a, b = build_dataset(train, "train"), build_dataset(val, "val")
+    assert (len(a), len(b)) == (3, 2) and a.class_names == ["disc", "square", "triangle"]
+    assert a.load(0)[0].shape == (40, 48, 3)
+    assert np.array_equal(a.load(1)[1], build_dataset("shapes:n=3,size=40x48,seed=4", "train").load(1)[1])
+    # the defaults: 192x192; a second run rewrites the set
+    assert main(["data", "coco-shapes", str(out), "--train", "1", "--val", "1"]) == 0
+    capsys.readouterr()
+    assert build_dataset(train, "train").load(0)[0].shape == (192, 192, 3) and len(build_dataset(train)) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--size", "big"], "argument --size: takes HxW, the image height and width in px, each at least 32"),
+    (["--size", "16x64"], "argument --size: takes HxW"),
+    (["--train", "0"], "argument --train: takes a number > 0"),
+    (["--val", "x"], "argument --val: takes a number > 0"),
+])
+def test_data_coco_shapes_refuses_bad_arguments(tmp_path, capsys, args, needle):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "coco-shapes", str(tmp_path / "s")] + args)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_data_coco_shapes_reports_an_unwritable_folder_in_one_line(tmp_path, capsys):
+    pytest.importorskip("pycocotools")
+    (tmp_path / "file").write_text("x")
+    assert main(["data", "coco-shapes", str(tmp_path / "file" / "s"), "--train", "1", "--val", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnseg: error: coco shapes: cannot write ") and "choose a folder you can write" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["data", "coco-shapes", str(tmp_path / "a,b")]) == 2
+    assert "holds a comma" in capsys.readouterr().err
+    import os
+    if os.geteuid() != 0:                                   # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main(["data", "coco-shapes", str(locked / "s"), "--train", "1", "--val", "1"]) == 2
+        assert "Permission denied" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

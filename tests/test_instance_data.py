@@ -1,7 +1,8 @@
-"""Instance data wiring: the ``nuclei:`` and ``rosettes:`` readers through ``build_dataset`` (determinism,
-disjoint splits, options and their errors), ``task_of``, the dataset's cache, augmentation keyed by (seed, epoch,
-index) and ``check_labels``; the generator's one-piece guarantee; and ``attnseg data check`` on an instance folder
-holding a split id, an empty map, a speck and an image listed in two splits."""
+"""Instance data wiring: the ``nuclei:``, ``rosettes:`` and ``shapes:`` readers through ``build_dataset``
+(determinism, disjoint splits, options and their errors), ``task_of``, the dataset's cache, augmentation keyed by
+(seed, epoch, index) and ``check_labels``; the per-pixel ``classes`` of an item after augmentation and its collation;
+the shapes set written as COCO and read back by ``coco:``; the generator's one-piece guarantee; and ``attnseg data
+check`` on an instance folder holding a split id, an empty map, a speck and an image listed in two splits."""
 
 import hashlib
 import json
@@ -15,9 +16,10 @@ from attnseg.cli import main
 from attnseg.data import INSTANCE_KINDS, READERS, build_dataset, task_of
 from attnseg.data.check import check_dataset
 from attnseg.data.dataset import sample_seed
-from attnseg.data.instance_transforms import Compose, Photometric, RandomCrop, RandomD4
+from attnseg.data.instance_transforms import Compose, Photometric, RandomCrop, RandomD4, RandomScale
+from attnseg.data.instances import class_map
 from attnseg.data.io import DataError
-from attnseg.data.synthetic_instances import leaf_rosette, nuclei_field
+from attnseg.data.synthetic_instances import SHAPE_CLASSES, leaf_rosette, nuclei_field, shapes_field, write_coco_shapes
 
 SMALL = "size=48x40,count=3-9"
 
@@ -113,11 +115,13 @@ def test_task_of():
 def test_items_and_the_cache():
     ds = build_dataset(f"nuclei:n=3,{SMALL}", "val", cache=True)
     item = ds[1]
-    assert set(item) == {"image", "instances", "name", "index"}
+    assert set(item) == {"image", "instances", "classes", "name", "index"}
     assert item["image"].shape == (3, 48, 40) and item["instances"].dtype.is_floating_point is False
     assert item["name"] == "nuclei_val_0001" and item["index"] == 1
     image, ids = ds.load(1)
     assert np.array_equal(item["instances"].numpy(), ids)
+    assert ds.instance_classes(1) == {} and item["classes"].dtype == item["instances"].dtype      # one class
+    assert np.array_equal(item["classes"].numpy(), (ids > 0).astype(np.int64))
     # the default transform is ImageNet normalisation
     from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     ref = (image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
@@ -160,6 +164,134 @@ def test_augmentation_is_drawn_from_seed_epoch_and_index():
     assert not np.array_equal(augmented(other, 1)[0], first[0])
     # the ids are kept: every id after the crop is one of the scene's
     assert set(np.unique(first[1])) <= set(np.unique(ds.load(1)[1]))
+
+
+# -- classes: per instance (``instance_classes``) and per pixel (the item's "classes") ---------------------------
+
+SHAPES = "size=64x72,count=4-8"
+
+
+def test_class_map_is_a_lookup_of_the_ids():
+    ids = np.array([[0, 3, 3], [7, 0, 9]])
+    out = class_map(ids, {3: 2, 9: 3, 50: 2})               # 7 is missing: class 1; 50 is not in the map
+    assert out.dtype == np.int64 and out.tolist() == [[0, 2, 2], [1, 0, 3]]
+    assert class_map(np.zeros((2, 2), int), {1: 3}).tolist() == [[0, 0], [0, 0]]
+    with pytest.raises(ValueError, match="instance 3 has class 0; instance classes are 1..K"):
+        class_map(ids, {3: 0})
+
+
+def test_shapes_reader_is_registered_with_three_classes():
+    assert "shapes" in INSTANCE_KINDS and "shapes" in READERS
+    ds = build_dataset(f"shapes:n=3,{SHAPES}", "val", seed=0)
+    assert task_of(ds) == "instances" and ds.class_names == list(SHAPE_CLASSES) and len(ds) == 3
+    assert (ds.size, ds.count) == ((64, 72), (4, 8))
+    assert build_dataset("shapes:n=1", "val").size == (192, 192)      # the reader's default
+    from attnseg.data.synthetic import scene_seed_of
+    ref_image, ref_ids, ref_classes = shapes_field(scene_seed_of(0, "val", 2), (64, 72), (4, 8))
+    fresh = build_dataset(f"shapes:n=3,{SHAPES}", "val")
+    assert fresh.instance_classes(2) == ref_classes                     # asked before any load: it generates
+    image, ids = ds.load(2)
+    assert np.array_equal(image, ref_image) and np.array_equal(ids, ref_ids) and ds.instance_classes(2) == ref_classes
+    item = ds[2]
+    assert np.array_equal(item["classes"].numpy(), class_map(ref_ids, ref_classes))
+    assert set(np.unique(item["classes"].numpy())) == {0} | set(ref_classes.values())
+    assert check_dataset(f"shapes:n=2,{SHAPES}", ("train", "val")).ok            # attnseg data check takes it
+
+
+def test_classes_follow_the_augmented_ids_and_collate():
+    import torch
+    from torch.utils.data import DataLoader
+    aug = Compose([RandomScale(0.6, 0.9), RandomCrop((40, 40), min_pixels=30), RandomD4(), Photometric()])
+    ds = build_dataset(f"shapes:n=4,{SHAPES}", "train", seed=2)
+    ds.augment = aug
+    dropped = False
+    for i in range(4):
+        item = ds[i]
+        ids, cls = item["instances"].numpy(), item["classes"].numpy()
+        assert ids.shape == cls.shape == (40, 40)
+        classes = ds.instance_classes(i)
+        expect = np.zeros_like(ids)
+        for k in np.unique(ids[ids > 0]):                                # the slow way, per instance
+            expect[ids == k] = classes[int(k)]
+        assert np.array_equal(cls, expect)
+        assert ((cls > 0) == (ids > 0)).all() and set(np.unique(ids)) <= set(np.unique(ds.load(i)[1]))
+        dropped |= len(np.unique(ids)) < len(np.unique(ds.load(i)[1]))
+        # the augmentation fed the item's generator: its ids, and so its classes, are reproduced
+        _, ref = aug(*ds.load(i), np.random.default_rng(sample_seed(2, 0, i)))
+        assert np.array_equal(ids, ref) and np.array_equal(cls, class_map(ref, classes))
+    assert dropped                                                         # some instance was cropped away
+    batch = next(iter(DataLoader(ds, batch_size=4, num_workers=0)))
+    assert batch["classes"].shape == batch["instances"].shape == (4, 40, 40)
+    assert batch["classes"].dtype == torch.int64
+    assert torch.equal(batch["classes"][1], ds[1]["classes"])
+
+
+def test_a_class_outside_the_class_names_is_refused_per_sample():
+    ds = build_dataset(f"shapes:n=1,{SHAPES}", "val", cache=True)
+    ds.get(0)                                                      # cached: the item does not generate it again
+    ds._classes[0] = {1: 4}
+    with pytest.raises(DataError, match=r"shapes \[val\]: instance 1 of shapes_val_0000 has class 4, outside the 3 "
+                                        r"classes 1..3 \(disc, square, triangle\)"):
+        ds[0]
+
+
+def same_up_to_renumbering(a: np.ndarray, b: np.ndarray) -> bool:
+    """One id of ``a`` for each id of ``b`` and back, on the same pixels."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return (len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+            and ((pairs[0] == 0) == (pairs[1] == 0)).all())
+
+
+def test_coco_shapes_round_trip_through_the_coco_reader(tmp_path):
+    pytest.importorskip("pycocotools")
+    paths = write_coco_shapes(tmp_path / "set", n_train=4, n_val=2, seed=3, size=(48, 56), count=(3, 6))
+    assert paths == {"root": tmp_path / "set", "images": tmp_path / "set" / "images",
+                     "train": tmp_path / "set" / "train.json", "val": tmp_path / "set" / "val.json"}
+    assert sorted(p.name for p in paths["images"].iterdir()) == [f"train_000{i}.png" for i in range(4)] + \
+        ["val_0000.png", "val_0001.png"]
+    from attnseg.data.synthetic import scene_seed_of
+    seen = set()
+    for split, n in (("train", 4), ("val", 2)):
+        ds = build_dataset(f"coco:{paths[split]},{paths['images']}", split)
+        assert len(ds) == n and ds.class_names == list(SHAPE_CLASSES)
+        record = json.loads(paths[split].read_text())
+        assert [c["id"] for c in record["categories"]] == [1, 2, 3]
+        assert all(a["iscrowd"] == 0 and isinstance(a["segmentation"]["counts"], str) for a in record["annotations"])
+        for i in range(n):
+            image, ids, classes = shapes_field(scene_seed_of(3, split, i), (48, 56), (3, 6))
+            got_image, got_ids = ds.load(i)
+            assert np.array_equal(got_image, image)                        # PNG: lossless
+            assert same_up_to_renumbering(got_ids, ids)
+            got = ds.instance_classes(i)
+            for k in np.unique(ids[ids > 0]):                              # the class follows its pixels
+                assert got[int(np.bincount(got_ids[ids == k]).argmax())] == classes[int(k)]
+            assert np.array_equal(ds[i]["classes"].numpy(), class_map(ids, classes))
+            seen.add(digest(image))
+            if split == "train":
+                assert np.array_equal(build_dataset("shapes:n=4,size=48x56,count=3-6,seed=3", "train").load(i)[1],
+                                      got_ids)                          # the shapes: reader holds the same scenes
+    assert len(seen) == 6                                                  # train and val never share a scene
+
+
+def test_coco_shapes_rewrite_cleanly_and_refuse_bad_settings(tmp_path):
+    pytest.importorskip("pycocotools")
+    out = tmp_path / "set"
+    write_coco_shapes(out, n_train=3, n_val=2, size=(40, 40), count=(2, 4))
+    (out / "images" / "mine.png").write_bytes(b"user file")
+    before = (out / "train.json").read_text()
+    write_coco_shapes(out, n_train=3, n_val=2, size=(40, 40), count=(2, 4))
+    assert (out / "train.json").read_text() == before                    # the same set again
+    write_coco_shapes(out, n_train=1, n_val=1, size=(40, 40), count=(2, 4))
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["mine.png", "train_0000.png", "val_0000.png"]
+    assert len(json.loads((out / "train.json").read_text())["images"]) == 1
+    assert not list(out.glob(".*.tmp"))
+    with pytest.raises(DataError, match="give at least 1 of each"):
+        write_coco_shapes(out, n_train=0)
+    with pytest.raises(DataError, match="size 16x40 is too small; use at least 32x32"):
+        write_coco_shapes(out, size=(16, 40))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=r"cannot write .*file.*; choose a folder you can write"):
+        write_coco_shapes(tmp_path / "file" / "set", n_train=1, n_val=1)
 
 
 def write_folder(root, maps: dict, splits: dict | None = None):

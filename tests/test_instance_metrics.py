@@ -148,6 +148,64 @@ def test_coco_mask_ap_perfect_partial_and_ranked():
     assert coco_mask_ap([(gt, {}, np.zeros_like(gt))])["AP"] == -1.0
 
 
+def test_coco_mask_ap_class_aware_against_hand_computed_values():
+    pytest.importorskip("pycocotools")
+    from attnseg.metrics.instance import coco_mask_ap
+    gt = np.zeros((30, 30), int)
+    gt[2:8, 2:8], gt[10:18, 10:18], gt[20:28, 2:10] = 1, 2, 3
+    gt_classes = {1: 1, 2: 1, 3: 2}
+    # 3-tuples: unchanged, no class-aware keys
+    assert set(coco_mask_ap([(gt, {}, gt)])) == {"AP", "AP50", "AP75"}
+    # right masks, right classes: 1 everywhere
+    out = coco_mask_ap([(gt, {}, gt, gt_classes, gt_classes)])
+    assert out["mAP"] == pytest.approx(1.0) and out["AP_per_class"] == pytest.approx({1: 1.0, 2: 1.0})
+    # right masks, instance 3 called class 1: class-agnostic AP 1, but class 2 has no detection (AP 0) and class 1's
+    # false positive ranks below its two true ones (AP 1): mAP = (1 + 0) / 2
+    wrong = {1: 1, 2: 1, 3: 1}
+    out = coco_mask_ap([(gt, {1: 0.9, 2: 0.8, 3: 0.7}, gt, wrong, gt_classes)])
+    assert out["AP"] == pytest.approx(1.0) and out["AP50"] == pytest.approx(1.0)
+    assert out["AP_per_class"] == pytest.approx({1: 1.0, 2: 0.0})
+    assert [out[k] for k in ("mAP", "mAP50", "mAP75")] == pytest.approx([0.5] * 3)
+    # one instance, one class, predicted as the other: AP 1, mAP 0 (a class with detections only does not count)
+    one = (gt == 3).astype(int)
+    out = coco_mask_ap([(one, {}, one, {1: 1}, {1: 2})])
+    assert out["AP"] == pytest.approx(1.0) and out["mAP"] == 0.0 and out["AP_per_class"] == {1: -1.0, 2: 0.0}
+    # by hand: a false positive (score 0.9, class 1) over nothing, then the three instances in their classes (0.8,
+    # 0.7 class 1; 0.6 class 2). Class 1: precision 1/2 at recall 1/2, 2/3 at recall 1: interpolated, 2/3 at every
+    # recall, AP = 2/3; class 2: AP 1; mAP = (2/3 + 1) / 2 = 5/6. Class-agnostic: precision 1/2, 2/3, 3/4 at recall
+    # 1/3, 2/3, 1: AP = 3/4. The masks are exact: the same at every IoU threshold.
+    pred = gt.copy()
+    pred[0:2, 20:28] = 9
+    out = coco_mask_ap([(pred, {9: 0.9, 1: 0.8, 2: 0.7, 3: 0.6}, gt, {9: 1, 1: 1, 2: 1, 3: 2}, gt_classes)])
+    assert [out[k] for k in ("AP", "AP50", "AP75")] == pytest.approx([0.75] * 3)
+    assert out["AP_per_class"] == pytest.approx({1: 2 / 3, 2: 1.0})
+    assert [out[k] for k in ("mAP", "mAP50", "mAP75")] == pytest.approx([5 / 6] * 3)
+    # class 2 holds instances 2 and 3, instance 2 is called class 1: class 2 reaches recall 1/2 at precision 1, AP =
+    # 51/101 (COCO's 101-point recall grid 0, 0.01, ..., 1: the points up to 0.5); class 1: a TP over a lower FP, 1
+    half = coco_mask_ap([(gt, {1: 0.9, 2: 0.5, 3: 0.8}, gt, {1: 1, 2: 1, 3: 2}, {1: 1, 2: 2, 3: 2})])
+    assert half["AP_per_class"] == pytest.approx({1: 1.0, 2: 51 / 101})
+    assert half["mAP"] == pytest.approx((1 + 51 / 101) / 2) and half["AP"] == pytest.approx(1.0)
+    # a mix of 3- and 5-tuples: the 3-tuple's instances are class 1
+    mixed = coco_mask_ap([(gt, {}, gt), (gt, {}, gt, {3: 2}, {3: 2})])
+    assert mixed["mAP"] == pytest.approx(1.0)
+    assert coco_mask_ap([(np.zeros_like(gt), {}, gt, {}, gt_classes)])["mAP"] == 0.0
+    assert coco_mask_ap([(gt, {}, np.zeros_like(gt), gt_classes, {})])["mAP"] == -1.0
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ((np.zeros((2, 2), int),) * 2, "image 1 is a 2-tuple; give (pred_ids, scores, gt_ids) or"),
+    ((np.zeros((2, 2), int), {}, np.zeros((2, 2), int), {}), "is a 4-tuple"),
+    ((np.ones((2, 2), int), {}, np.ones((2, 2), int), {1: 0}, {}), "pred_classes gives instance 1 class 0"),
+    ((np.ones((2, 2), int), {}, np.ones((2, 2), int), {}, {1: "cat"}), "gt_classes must map instance ids to class"),
+])
+def test_coco_mask_ap_refuses_malformed_images(entry, needle):
+    pytest.importorskip("pycocotools")
+    from attnseg.metrics.instance import coco_mask_ap
+    with pytest.raises(ValueError) as e:
+        coco_mask_ap([entry])
+    assert needle in str(e.value)
+
+
 def test_instance_table_json_and_per_image_csv(tmp_path):
     import csv
     import json

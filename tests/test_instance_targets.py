@@ -126,9 +126,10 @@ def test_instance_folder_reader(tmp_path):
     (root / "instance_classes" / "x.json").write_text(json.dumps({"1000": 1}))
     ds = instance_folder.build(root)
     assert len(ds) == 2 and ds.classes == ["cell", "spot"] and ds.load(0)[1].max() == 1000
-    assert ds.instance_classes(0) == {1000: 1} and ds.instance_classes(1) == {}
+    assert ds.instance_classes(0) == {1000: 2} and ds.instance_classes(1) == {}   # the json's 0-based index + 1
+    assert ds[0]["classes"].max() == 2 and ds[1]["classes"].max() == 1            # "spot"; "cell" by default
     (root / "instance_classes" / "y.json").write_text(json.dumps({"1000": 5}))
-    with pytest.raises(DataError, match="class index 5 is outside the 2 classes"):
+    with pytest.raises(DataError, match=r"class index 5 is outside the 2 classes .* 0-based: 0..1"):
         ds.instance_classes(1)
     (root / "splits").mkdir()
     (root / "splits" / "val.txt").write_text("y\nz\n")
@@ -167,10 +168,21 @@ def test_coco_reader_polygons_rle_crowd(tmp_path):
     image, ids = ds.load(0)
     assert image.shape == (10, 12, 3) and instance_ids(ids).tolist() == [1, 2]
     assert ids[2, 2] == 1 and ids[5, 5] == 2                            # the overlap goes to the later annotation
-    assert ds.classes == ["dog", "cat"] and ds.instance_classes(0) == {1: 1, 2: 0}
+    # categories in id order (1 dog, 3 cat) are classes 1..K: class k is classes[k - 1]
+    assert ds.classes == ds.class_names == ["dog", "cat"] and ds.instance_classes(0) == {1: 2, 2: 1}
+    assert ds[0]["classes"][2, 2] == 2 and ds[0]["classes"][5, 5] == 1 and ds[0]["classes"][9, 0] == 0
     assert ds.ignore_mask(0)[9].all() and not ds.ignore_mask(0)[0].any() and (ids[8:] == 0).all()
     with pytest.raises(DataError, match="ANNOTATIONS.json,IMAGE_DIR"):
         coco_instances.build(str(tmp_path / "ann.json"))
+    ann["annotations"][1]["category_id"] = 7
+    (tmp_path / "unknown.json").write_text(json.dumps(ann))
+    with pytest.raises(DataError, match=r"annotation 2 of a.png has category_id 7, which is not among the categories "
+                                        r"\(1, 3\); fix the annotation or add the category"):
+        coco_instances.build(f"{tmp_path / 'unknown.json'},{tmp_path / 'img'}")[0]
+    ann["categories"] = []
+    (tmp_path / "nocats.json").write_text(json.dumps(ann))
+    bare = coco_instances.build(f"{tmp_path / 'nocats.json'},{tmp_path / 'img'}")
+    assert bare.class_names == ["object"] and bare.instance_classes(0) == {1: 1, 2: 1}
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="not a COCO annotation file"):
         coco_instances.build(f"{tmp_path / 'bad.json'},{tmp_path / 'img'}")

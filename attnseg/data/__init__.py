@@ -26,10 +26,11 @@ READERS = {
     "instances": "attnseg.data.instance_folder",
     "nuclei": "attnseg.data.synthetic_instances:build_nuclei",
     "rosettes": "attnseg.data.synthetic_instances:build_rosettes",
+    "shapes": "attnseg.data.synthetic_instances:build_shapes",        # three classes: disc, square, triangle
     # classification (``task = "classification"``): centred, translated and cluttered digits
     "digits": "attnseg.data.digits",
 }
-INSTANCE_KINDS = ("dsb2018", "cvppp", "coco", "instances", "nuclei", "rosettes")
+INSTANCE_KINDS = ("dsb2018", "cvppp", "coco", "instances", "nuclei", "rosettes", "shapes")
 CLASSIFICATION_KINDS = ("digits",)
 
 

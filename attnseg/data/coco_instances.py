@@ -2,7 +2,8 @@
 
 ``coco:ANNOTATIONS.json,IMAGE_DIR``: each image's annotations (polygons or RLE) become one id map, instances
 numbered 1..N in annotation order (a pixel claimed by two annotations goes to the later one); ``instance_classes(i)``
-maps each id to its class index (the categories in id order, ``classes``); crowd annotations are not instances:
+maps each id to its class index 1..K: the categories in category-id order are ``classes`` (= ``class_names``), class
+k being ``classes[k - 1]`` (a json without categories: one class, "object"); crowd annotations are not instances:
 ``ignore_mask(i)`` gives their pixels, for a loss or a metric to leave out.
 """
 
@@ -24,7 +25,7 @@ class CocoInstances(InstanceDataset):
         super().__init__(samples, name=name, transform=transform, class_names=classes or ["object"])
         self.coco, self.image_ids = coco, list(image_ids)
         self.classes = classes
-        self.class_index = {c: k for k, c in enumerate(cats)}
+        self.class_index = {c: k for k, c in enumerate(cats, start=1)}     # category id -> class 1..K
 
     def _annotations(self, i: int):
         return self.coco.loadAnns(self.coco.getAnnIds(imgIds=[self.image_ids[i]]))
@@ -54,8 +55,20 @@ class CocoInstances(InstanceDataset):
         return ids
 
     def instance_classes(self, i: int) -> dict[int, int]:
+        """{instance id: class 1..K} of image i, ids numbered as ``instance_map(i)`` numbers them."""
         anns = [a for a in self._annotations(i) if not a.get("iscrowd", 0)]
-        return {k: self.class_index[a["category_id"]] for k, a in enumerate(anns, start=1)}
+        if not self.class_index:                                 # no categories listed: every instance "object"
+            return {k: 1 for k in range(1, len(anns) + 1)}
+        out = {}
+        for k, a in enumerate(anns, start=1):
+            c = self.class_index.get(a.get("category_id"))
+            if c is None:
+                info = self.coco.imgs[self.image_ids[i]]
+                raise DataError(f"{self.name}: annotation {a.get('id')} of {info['file_name']} has category_id "
+                                f"{a.get('category_id')!r}, which is not among the categories "
+                                f"({', '.join(map(str, self.class_index))}); fix the annotation or add the category")
+            out[k] = c
+        return out
 
     def ignore_mask(self, i: int) -> np.ndarray:
         info = self.coco.imgs[self.image_ids[i]]

@@ -4,7 +4,11 @@
     ROOT/instances/<name>.png         instance ids (16-bit or 8-bit grey, or palette), 0 = background
     ROOT/splits/<split>.txt           optional: one name per line; without it, split "all" takes every image
     ROOT/classes.txt                  optional: class names, one per line (default: one class, "object")
-    ROOT/instance_classes/<name>.json optional: {"<instance id>": <class index>} per image (default: class 0)
+    ROOT/instance_classes/<name>.json optional: {"<instance id>": <class index>} per image, the index 0-based
+                                      into classes.txt (0 = its first line; default: 0 for every instance)
+
+``instance_classes(i)`` gives the classes in the dataset convention, 1..K (class k is ``class_names[k - 1]``): the
+json's 0-based index plus one. The files keep their 0-based form (line index of classes.txt).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ class InstanceFolder(InstanceDataset):
         self.classes, self.root = classes, root
 
     def instance_classes(self, i: int) -> dict[int, int]:
-        """{instance id: class index} of image i (every instance class 0 where the image has no json)."""
+        """{instance id: class 1..K} of image i (the json's 0-based index + 1; {} where the image has no json: every
+        instance class 1, the first line of classes.txt)."""
         stem = self.samples[i][0]
         path = self.root / "instance_classes" / f"{stem}.json"
         if not path.is_file():
@@ -35,8 +40,9 @@ class InstanceFolder(InstanceDataset):
         bad = [v for v in out.values() if not 0 <= v < len(self.classes)]
         if bad:
             raise DataError(f"{path}: class index {bad[0]} is outside the {len(self.classes)} classes of "
-                            f"{self.root / 'classes.txt'}")
-        return out
+                            f"{self.root / 'classes.txt'} (these indices are 0-based: 0..{len(self.classes) - 1}, 0 "
+                            "for its first line)")
+        return {k: v + 1 for k, v in out.items()}
 
 
 def build(root, split: str = "all", transform=None) -> InstanceFolder:

@@ -1,10 +1,11 @@
 """Instance segmentation targets: one form from the reader to the loss, the metric and the picture.
 
 An image's instances are an **instance id map** (H, W) of integers: 0 is background, every other value one
-instance (ids need not be contiguous). Where a dataset has classes, ``classes`` maps each id to its class
-(default: every instance is class 1, "object"). ``to_torchvision`` gives torchvision's detection form
-(``boxes`` (N, 4) xyxy float, ``labels`` (N,), ``masks`` (N, H, W) bool; DESIGN.md), ``from_masks`` the way back
-(overlapping masks: the higher score wins a pixel, as a painter would draw them in score order).
+instance (ids need not be contiguous). Where a dataset has classes, ``classes`` maps each id to its class index
+1..K (class k is ``class_names[k - 1]``; 0 is background, never an instance's class; default: every instance is
+class 1, "object"); ``class_map`` paints those classes per pixel. ``to_torchvision`` gives torchvision's detection
+form (``boxes`` (N, 4) xyxy float, ``labels`` (N,), ``masks`` (N, H, W) bool; DESIGN.md), ``from_masks`` the way
+back (overlapping masks: the higher score wins a pixel, as a painter would draw them in score order).
 """
 
 from __future__ import annotations
@@ -71,6 +72,26 @@ def instance_boxes(ids: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, slice
     return keys, [objects[k - 1] for k in keys], areas
 
 
+def class_map(ids: np.ndarray, classes: dict | None = None) -> np.ndarray:
+    """(H, W) id map and {instance id: class 1..K} -> (H, W) int64 map of each pixel's class (0 on background; an
+    instance missing from ``classes`` is class 1), by one lookup table indexed by the ids (no loop over pixels).
+    Ids in ``classes`` absent from the map are ignored (an augmentation may have cropped them away)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"an instance map must be (H, W), got shape {ids.shape}")
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"instance ids must be >= 0 (0 is background); this map holds {int(ids.min())}")
+    top = int(ids.max(initial=0))
+    table = np.ones(top + 1, np.int64)
+    table[0] = 0
+    for k, c in (classes or {}).items():
+        if not 1 <= int(c):
+            raise ValueError(f"instance {k} has class {c}; instance classes are 1..K (0 is background)")
+        if 0 < int(k) <= top:
+            table[int(k)] = int(c)
+    return table[ids]
+
+
 def to_torchvision(ids: np.ndarray, classes: dict | None = None) -> dict:
     """(H, W) id map -> {"ids" (N,), "boxes" (N, 4) float32 x0, y0, x1, y1 (x1, y1 exclusive, torchvision's
     convention for masks), "labels" (N,) int64, "masks" (N, H, W) bool}, instances in increasing id order."""
@@ -103,7 +124,9 @@ def from_masks(masks: np.ndarray, scores=None, threshold: float = 0.5) -> np.nda
 class InstanceDataset:
     """Images with instance id maps. ``load(i)`` -> ((H, W, 3) uint8 image, (H, W) int32 id map);
     ``dataset[i]`` -> {"image": (3, H, W) float tensor normalised by ``transform`` (default ImageNet statistics),
-    "instances": (H, W) int64 tensor, "name": str, "index": int}. ``samples``: (name, image path, instance map path).
+    "instances": (H, W) int64 tensor, "classes": (H, W) int64 tensor, the class 1..K of the instance at each pixel
+    (0 on background; ``class_map`` of the augmented ids and ``instance_classes(i)``), "name": str, "index": int}.
+    ``samples``: (name, image path, instance map path).
 
     Training: ``augment`` is an id-keeping transform of ``attnseg.data.instance_transforms`` applied before
     ``transform``, drawn from (seed, epoch, index) like the semantic datasets (``sample_seed``), so a resumed run sees
@@ -157,6 +180,11 @@ class InstanceDataset:
             self.cache[i] = out
         return out
 
+    def instance_classes(self, i: int) -> dict[int, int]:
+        """{instance id: class index 1..K} of sample i (class k is ``class_names[k - 1]``); an id not in it is
+        class 1. This default, {}, makes every instance class 1: readers with several classes override it."""
+        return {}
+
     def check_labels(self, require_instances: bool = False) -> None:
         """Decode every sample (filling the cache); the first bad file raises DataError, and so does a split
         without a single instance when ``require_instances`` (training on it would learn "background")."""
@@ -176,5 +204,13 @@ class InstanceDataset:
         if self.augment is not None:
             image, ids = self.augment(image, ids, np.random.default_rng(sample_seed(self.seed, self.epoch, i)))
         x, _ = (self.transform or Normalize())(image, None, None)
-        return {"image": x, "instances": torch.from_numpy(np.asarray(ids, np.int64)), "name": self.sample_name(i),
-                "index": i}
+        classes = self.instance_classes(i)
+        bad = {k: c for k, c in classes.items() if not 1 <= int(c) <= len(self.class_names)}
+        if bad:
+            k, c = next(iter(bad.items()))
+            raise DataError(f"{self.name}: instance {k} of {self.sample_name(i)} has class {c}, outside the "
+                            f"{len(self.class_names)} classes 1..{len(self.class_names)} ({', '.join(self.class_names)}"
+                            "); fix its class annotation")
+        ids = np.asarray(ids, np.int64)        # the augmented ids: an instance cropped away leaves no pixel
+        return {"image": x, "instances": torch.from_numpy(ids), "classes": torch.from_numpy(class_map(ids, classes)),
+                "name": self.sample_name(i), "index": i}

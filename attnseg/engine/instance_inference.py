@@ -45,9 +45,10 @@ def _resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def infer_instances(model, x: torch.Tensor, cfg: InstanceInferenceConfig | None = None, precision=None,
                     return_maps: bool = False) -> dict:
-    """x: one normalised image (3, H, W) -> {"ids": (H, W) int32, "scores": {id: float}, "timing_ms": {...},
-    "tiles": n, and with ``return_maps`` "maps": the model's activated dense maps of the whole image (only when
-    it was not tiled)}."""
+    """x: one normalised image (3, H, W) -> {"ids": (H, W) int32, "scores": {id: float}, "classes": {id: class
+    1..K} from models that classify (``InstanceModel.instance_classes``; {} = every instance class 1; None when the
+    image was tiled, whose merge does not carry classes), "timing_ms": {...}, "tiles": n, and with ``return_maps``
+    "maps": the model's activated dense maps of the whole image (only when it was not tiled)}."""
     cfg = cfg or InstanceInferenceConfig()
     if x.dim() != 3 or x.shape[0] != 3:
         raise ValueError(f"infer_instances takes one (3, H, W) image, got shape {tuple(x.shape)}")
@@ -84,6 +85,7 @@ def infer_instances(model, x: torch.Tensor, cfg: InstanceInferenceConfig | None 
         h, w = xs.shape[-2:]
         if max(h, w) <= cfg.max_side:
             ids, scores, maps = run(xs)
+            classes = model.instance_classes(maps, ids)
             maps_out = maps if return_maps else None
         else:
             arr = xs.permute(1, 2, 0).numpy()                                  # (h, w, 3) float, tiled by rows/cols
@@ -92,13 +94,15 @@ def infer_instances(model, x: torch.Tensor, cfg: InstanceInferenceConfig | None 
                 ids_t, scores_t, _ = run(torch.from_numpy(np.ascontiguousarray(tile_arr)).permute(2, 0, 1))
                 return ids_t, scores_t
             ids, scores = tiled_instances_scored(arr, predict, (cfg.tile, cfg.tile), cfg.overlap)
+            classes = None   # the tiles' instances are renumbered by the merge; their classes are not carried
         if (h, w) != (H, W):
             ids = _resize_ids(ids, (H, W))
             present = set(np.unique(ids).tolist())
             scores = {k: v for k, v in scores.items() if k in present}
+            classes = classes and {k: v for k, v in classes.items() if k in present}
     finally:
         model.train(was)
-    result = {"ids": ids.astype(np.int32), "scores": scores, "tiles": tiles,
+    result = {"ids": ids.astype(np.int32), "scores": scores, "classes": classes, "tiles": tiles,
               "timing_ms": {k: round(v, 2) for k, v in timing.items()}}
     if return_maps:
         result["maps"] = maps_out
@@ -116,6 +120,7 @@ def evaluate_instances(model, dataset, cfg: InstanceInferenceConfig | None = Non
     metrics = InstanceMetrics()
     ap_inputs = []
     seconds = []
+    multi_class = len(getattr(dataset, "class_names", ())) > 1
     for i in range(rank, n, world_size):
         item = dataset[i]
         t = time.perf_counter()
@@ -125,7 +130,10 @@ def evaluate_instances(model, dataset, cfg: InstanceInferenceConfig | None = Non
         row = metrics.update(res["ids"], gt, item["name"])
         row["seconds"] = seconds[-1]
         if with_ap:
-            ap_inputs.append((res["ids"], res["scores"], gt))
+            if multi_class:   # class-aware AP (mAP^r of SDS/MNC) beside the class-agnostic one
+                ap_inputs.append((res["ids"], res["scores"], gt, res["classes"] or {}, dataset.instance_classes(i)))
+            else:
+                ap_inputs.append((res["ids"], res["scores"], gt))
         if progress is not None:
             progress(1)
     rows = metrics.rows

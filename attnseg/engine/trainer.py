@@ -104,7 +104,8 @@ def inference_config(cfg: TrainConfig) -> InferenceConfig:
 #: what best.safetensors may be selected by (|DiC|, AvgFP and AvgFN: lower is better)
 SEMANTIC_VAL_METRICS = ("mIoU", "aAcc", "mAcc")
 CLASSIFICATION_VAL_METRICS = ("accuracy", "mAcc")
-INSTANCE_VAL_METRICS = ("DSB", "SBD", "|DiC|", "fgDice", "PQ", "AP", "AP50", "AP75", "MWCov", "MUCov")
+INSTANCE_VAL_METRICS = ("DSB", "SBD", "|DiC|", "fgDice", "PQ", "AP", "AP50", "AP75", "mAP", "mAP50", "MWCov",
+                        "MUCov")
 
 
 def instance_inference_config(cfg: TrainConfig) -> InstanceInferenceConfig:
@@ -475,6 +476,8 @@ class Trainer:
             y = batch["instances"].to(self.prec.device, non_blocking=True)
             # recurrent models teacher-force the ground truth on a schedule of the training step
             extra = {"targets": y} if self.model.uses_targets else {}
+            if self.model.uses_classes:   # proposal models classify their instances (1..K per instance pixel)
+                extra["classes"] = batch["classes"].to(self.prec.device, non_blocking=True)
             self.model.set_training_step(self.step)
             with self.prec.autocast():
                 out = self.ddp_model(x, **extra)

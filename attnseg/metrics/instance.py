@@ -122,16 +122,37 @@ class InstanceMetrics:
         return out
 
 
+def _classes_of(classes, what: str, image_id: int) -> dict[int, int]:
+    """{id: class} with int keys and classes >= 1 (0 is background, never an instance's class)."""
+    try:
+        out = {int(k): int(v) for k, v in dict(classes or {}).items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"image {image_id}: {what} must map instance ids to class indices 1..K, "
+                         f"not {classes!r}") from None
+    bad = [(k, v) for k, v in out.items() if v < 1]
+    if bad:
+        raise ValueError(f"image {image_id}: {what} gives instance {bad[0][0]} class {bad[0][1]}; classes are 1..K "
+                         "(0 is background)")
+    return out
+
+
 def coco_mask_ap(images, max_dets: int = 1000) -> dict:
-    """COCO mask AP, AP50 and AP75 through pycocotools (one class, ``iouType="segm"``).
+    """COCO mask AP, AP50 and AP75 through pycocotools (``iouType="segm"``), class-agnostic and, where the images
+    carry classes, class-aware.
 
     Args:
-        images: per image ``(pred_ids, scores, gt_ids)``: (H, W) id maps and ``scores`` {pred id: confidence} (a
-            predicted id without a score gets 1.0).
+        images: per image ``(pred_ids, scores, gt_ids)`` or ``(pred_ids, scores, gt_ids, pred_classes,
+            gt_classes)``: (H, W) id maps, ``scores`` {pred id: confidence} (a predicted id without a score gets
+            1.0) and the classes {id: 1..K} of the predicted and the true instances (an id absent from its mapping,
+            and every instance of a 3-tuple, is class 1).
         max_dets: detections kept per image (COCO's default 100 is too few for nuclei fields: DSB2018 images hold
             up to ~400).
     Returns:
-        {"AP", "AP50", "AP75"} in [0, 1]; -1 where there is no ground truth at all (COCO's convention).
+        {"AP", "AP50", "AP75"}: every instance one category (classes ignored); when any image is a 5-tuple also
+        {"mAP", "mAP50", "mAP75"}: each class its category, a prediction matching only instances of its own class,
+        and the AP averaged over the classes that have ground truth (pycocotools' mean over categories: the
+        mAP^r of SDS / MNC), and "AP_per_class" {class: AP over IoU 0.50:0.95} (-1 for a class without ground
+        truth). All in [0, 1]; -1 where there is no ground truth at all (COCO's convention).
     """
     import contextlib
     import io
@@ -148,36 +169,67 @@ def coco_mask_ap(images, max_dets: int = 1000) -> dict:
         r["counts"] = r["counts"].decode("ascii")
         return r
 
-    gt_json = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object"}]}
-    dets = []
-    for image_id, (pred, scores, gt) in enumerate(images, start=1):
+    gt_images, gt_anns, dets = [], [], []            # annotations and detections carry their class ("cls")
+    with_classes = False
+    for image_id, entry in enumerate(images, start=1):
+        entry = tuple(entry)
+        if len(entry) == 3:
+            (pred, scores, gt), pred_cls, gt_cls = entry, {}, {}
+        elif len(entry) == 5:
+            pred, scores, gt = entry[:3]
+            pred_cls = _classes_of(entry[3], "pred_classes", image_id)
+            gt_cls = _classes_of(entry[4], "gt_classes", image_id)
+            with_classes = True
+        else:
+            raise ValueError(f"image {image_id} is a {len(entry)}-tuple; give (pred_ids, scores, gt_ids) or "
+                             "(pred_ids, scores, gt_ids, pred_classes, gt_classes)")
         pred, gt = _ids(pred), _ids(gt)
         if pred.shape != gt.shape:
             raise ValueError(f"image {image_id}: the prediction is {pred.shape} but the ground truth {gt.shape}")
-        gt_json["images"].append({"id": image_id, "height": int(gt.shape[0]), "width": int(gt.shape[1])})
+        gt_images.append({"id": image_id, "height": int(gt.shape[0]), "width": int(gt.shape[1])})
         for k in np.unique(gt):
             if k:
                 r = rle(gt == k)
-                gt_json["annotations"].append({"id": len(gt_json["annotations"]) + 1, "image_id": image_id,
-                                               "category_id": 1, "segmentation": r, "iscrowd": 0,
-                                               "area": float(mask_util.area(r)),
-                                               "bbox": [float(v) for v in mask_util.toBbox(r)]})
+                gt_anns.append({"image_id": image_id, "cls": gt_cls.get(int(k), 1), "segmentation": r, "iscrowd": 0,
+                                "area": float(mask_util.area(r)), "bbox": [float(v) for v in mask_util.toBbox(r)]})
         for k in np.unique(pred):
             if k:
-                dets.append({"image_id": image_id, "category_id": 1, "segmentation": rle(pred == k),
+                dets.append({"image_id": image_id, "cls": pred_cls.get(int(k), 1), "segmentation": rle(pred == k),
                              "score": float((scores or {}).get(int(k), 1.0))})
-    if not gt_json["annotations"]:
-        return {"AP": -1.0, "AP50": -1.0, "AP75": -1.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt_json
-        coco_gt.createIndex()
+
+    def evaluate(class_aware: bool) -> tuple[list[float], dict[int, float]]:
+        """(AP, AP50, AP75) with each class its category (or all category 1) and the AP of each category."""
+        cat = (lambda a: a["cls"]) if class_aware else (lambda a: 1)
+        cats = sorted({cat(a) for a in gt_anns} | {cat(d) for d in dets})
+        if not gt_anns:
+            return [-1.0] * 3, dict.fromkeys(cats, -1.0)
         if not dets:
-            return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-        coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval(coco_gt, coco_dt, iouType="segm")
-        ev.params.maxDets = [1, 100, max_dets]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
+            return [0.0] * 3, {c: (0.0 if any(cat(a) == c for a in gt_anns) else -1.0) for c in cats}
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO()
+            coco_gt.dataset = {"images": gt_images, "categories": [{"id": c, "name": str(c)} for c in cats],
+                               "annotations": [{k: v for k, v in a.items() if k != "cls"}
+                                               | {"id": n, "category_id": cat(a)} for n, a in enumerate(gt_anns, 1)]}
+            coco_gt.createIndex()
+            coco_dt = coco_gt.loadRes([{k: v for k, v in d.items() if k != "cls"} | {"category_id": cat(d)}
+                                       for d in dets])
+            ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+            ev.params.maxDets = [1, 100, max_dets]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        # precision (T IoUs, R recalls, K categories, A areas, M maxDets), -1 where undefined: area "all", max_dets
+        precision = ev.eval["precision"][:, :, :, 0, -1]
+        per_class = {}
+        for c, p in zip(ev.params.catIds, np.moveaxis(precision, 2, 0)):
+            valid = p[p > -1]
+            per_class[int(c)] = float(valid.mean()) if valid.size else -1.0
+        return [float(v) for v in ev.stats[:3]], per_class
+
+    agnostic, _ = evaluate(False)
+    out = dict(zip(("AP", "AP50", "AP75"), agnostic))
+    if with_classes:
+        aware, per_class = evaluate(True)
+        out.update(zip(("mAP", "mAP50", "mAP75"), aware))
+        out["AP_per_class"] = per_class
+    return out

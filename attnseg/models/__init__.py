@@ -22,6 +22,7 @@ from .fcn import fcn_resnet, fcn_vgg16
 from .fg_boundary_watershed import fg_boundary_watershed
 from .flanet import flanet
 from .instance_base import InstanceModel
+from .mnc import mnc
 from .ram import ram
 from .recurrent_attention import recurrent_attention
 from .recurrent_refinement import recurrent_refinement
@@ -76,8 +77,16 @@ MODELS["unet_discriminative_w16"] = partial(discriminative_embedding, width=16)
 MODELS["recurrent_attention"] = recurrent_attention
 MODELS["recurrent_attention_nuclei"] = partial(recurrent_attention, image_size=(128, 128), layout="nuclei",
                                                filter_size=24)
+# Proposal-based instances: Multi-task Network Cascades (RPN boxes -> RoI-warped masks -> mask-pooled categories,
+# end to end, 5-stage cascade at inference) on ResNet conv4 or a small FPN level, and the SDS-style two-step
+# ablation (the same stages, gradients stopped between them)
+MODELS["mnc_resnet18"] = mnc
+MODELS["mnc_resnet18_fpn"] = partial(mnc, neck="fpn", anchor_sizes=(12, 24, 48))
+MODELS["mnc_resnet50_fpn"] = partial(mnc, depth=50, neck="fpn", anchor_sizes=(12, 24, 48))
+MODELS["sds_resnet18_fpn"] = partial(mnc, neck="fpn", anchor_sizes=(12, 24, 48), end_to_end=False)
 INSTANCE_MODELS = ("unet_watershed", "unet_watershed_w16", "unet_discriminative", "unet_discriminative_w16",
-                   "recurrent_attention", "recurrent_attention_nuclei")
+                   "recurrent_attention", "recurrent_attention_nuclei", "mnc_resnet18", "mnc_resnet18_fpn",
+                   "mnc_resnet50_fpn", "sds_resnet18_fpn")
 # Attention over locations (task "classification", digits): a plain CNN, a CNN behind a spatial transformer
 # (affine, or scale + translation), RAM's hard glimpses trained by REINFORCE (RNN or LSTM core), and the recurrent
 # classifier reading through DRAW's Gaussian filter bank; the number of glimpses is a model option

@@ -98,6 +98,16 @@ class InstanceModel(nn.Module):
 
     #: models that teacher-force the ground truth take ``forward(images, targets=instances)`` in training
     uses_targets = False
+    #: models that classify their instances also take ``classes=`` (B, H, W), the class 1..K of each instance pixel
+    uses_classes = False
+
+    def instance_classes(self, maps: dict[str, np.ndarray], ids: np.ndarray) -> dict[int, int]:
+        """{id: class 1..K} of the instances ``group(maps)`` returned as ``ids``; {} = every instance class 1."""
+        return {}
+
+    def region_pictures(self, image: np.ndarray, maps: dict[str, np.ndarray], ids: np.ndarray) -> list:
+        """Pictures of the regions a proposal model considered (``viz.pictures.Picture``); none by default."""
+        return []
 
     def set_training_step(self, step: int) -> None:
         """The trainer's step before each forward (schedules such as scheduled sampling); nothing by default."""
@@ -113,8 +123,9 @@ class InstanceModel(nn.Module):
             self.train(was)
         results = []
         for b in range(images.shape[0]):
-            ids, scores = self.group(self.dense(out, b))
-            tv = to_torchvision(ids)
+            maps = self.dense(out, b)
+            ids, scores = self.group(maps)
+            tv = to_torchvision(ids, self.instance_classes(maps, ids))
             results.append({"boxes": torch.from_numpy(tv["boxes"]), "labels": torch.from_numpy(tv["labels"]),
                             "scores": torch.tensor([scores.get(int(k), 1.0) for k in tv["ids"]], dtype=torch.float32),
                             "masks": torch.from_numpy(tv["masks"]), "ids": torch.from_numpy(ids)})
