@@ -134,7 +134,8 @@ def test_discriminative_embedding_dim_is_a_model_option():
 
 def test_registry_names_and_tasks():
     assert set(INSTANCE_MODELS) == {"unet_watershed", "unet_watershed_w16", "unet_discriminative",
-                                    "unet_discriminative_w16", "recurrent_attention", "recurrent_attention_nuclei"}
+                                    "unet_discriminative_w16", "recurrent_attention", "recurrent_attention_nuclei",
+                                    "mnc_resnet18", "mnc_resnet18_fpn", "mnc_resnet50_fpn", "sds_resnet18_fpn"}
     assert all(n in MODELS and model_task(n) == "instances" for n in INSTANCE_MODELS)
     assert model_task("fcn8s_resnet18") == "semantic" and model_task("no_such_model") == "semantic"
     # the w16 variants are the base models at width 16 (the base default is 32)

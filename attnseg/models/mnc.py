@@ -16,7 +16,8 @@ Three stages on one shared feature map (``mnc_parts``):
    mask warped into the box, on foreground regions;
 3. **categories** (§3.3): *mask pooling* (the warped features times the predicted mask resized to S x S,
    ``nn.roi_warp.mask_pool``, then max-pooled) and the box features, each through 2 FC, concatenated → (K+1)-way
-   softmax and class-wise box deltas; loss L₃(C | M, B) = cross-entropy (+ smooth L1 on the deltas of foreground regions).
+   softmax and class-wise box deltas; loss L₃(C | M, B) = cross-entropy (+ smooth L1 on the deltas of foreground
+   regions).
 
 L = L₁ + L₂ + L₃ with equal weights (Eq. 5), trained end to end: the regions of stages 2-3 are stage 1's regressed
 boxes, and the warping layer passes the gradients of L₂ and L₃ back into those boxes (Eq. 4's ∂L/∂B terms).

@@ -29,6 +29,16 @@ def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype to compute in outside autocast: the promotion of the floating inputs (integer ones count as
+    float32), at least float32 (a bf16 input computes in float32, float64 stays)."""
+    out = torch.float32
+    for t in tensors:
+        if t.is_floating_point():
+            out = torch.promote_types(out, t.dtype)
+    return at_least_fp32(out)
+
+
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """Autocast's lower-precision dtype on ``device_type`` when autocast is enabled there, else None."""
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):

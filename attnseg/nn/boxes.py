@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .amp import at_least_fp32, no_autocast
+from .amp import compute_dtype, no_autocast
 
 DEFAULT_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 MAX_LOG_SCALE = math.log(1000.0 / 16)   # Detectron's BBOX_XFORM_CLIP: exp(t_w) at most 62.5
@@ -82,14 +82,6 @@ def _check_weights(weights, what: str) -> tuple[float, float, float, float]:
     return tuple(float(w) for w in weights)
 
 
-def _float_dtype(*tensors: Tensor) -> torch.dtype:
-    out = torch.float32
-    for t in tensors:
-        if t.is_floating_point():
-            out = torch.promote_types(out, t.dtype)
-    return at_least_fp32(out)
-
-
 # -- geometry --------------------------------------------------------------------------------------------------------
 def box_area(boxes: Tensor) -> Tensor:
     """Areas (x1 − x0)(y1 − y0), a negative extent counting as 0.
@@ -124,7 +116,7 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """
     _check_boxes(a, "box_iou", "a")
     _check_boxes(b, "box_iou", "b")
-    dtype = _float_dtype(a, b)
+    dtype = compute_dtype(a, b)
     with no_autocast(a.device.type):
         a, b = a.to(dtype), b.to(dtype)
         lt = torch.maximum(a[:, None, :2], b[None, :, :2])                        # (N, M, 2) intersection corners
@@ -165,7 +157,7 @@ def encode_boxes(targets: Tensor, references: Tensor, weights: Sequence[float] =
         raise ValueError(f"encode_boxes: targets {_shape(targets)} and references {_shape(references)} must have one "
                          "row each (the reference each target is encoded against)")
     wx, wy, ww, wh = _check_weights(weights, "encode_boxes")
-    dtype = _float_dtype(targets, references)
+    dtype = compute_dtype(targets, references)
     with no_autocast(targets.device.type):
         gx, gy, gw, gh = _centre_size(targets.to(dtype))
         ax, ay, aw, ah = _centre_size(references.to(dtype))
@@ -201,7 +193,7 @@ def decode_boxes(deltas: Tensor, references: Tensor, weights: Sequence[float] = 
     if not _is_number(max_log_scale) or math.isnan(max_log_scale):
         raise ValueError(f"decode_boxes: max_log_scale must be a number (log of the largest size ratio), not "
                          f"{max_log_scale!r}")
-    dtype = _float_dtype(deltas, references)
+    dtype = compute_dtype(deltas, references)
     with no_autocast(deltas.device.type):
         ax, ay, aw, ah = _centre_size(references.to(dtype))
         tx, ty, tw, th = deltas.to(dtype).unbind(-1)                              # 4 x (N,)

@@ -46,19 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .amp import at_least_fp32, no_autocast
+from .amp import compute_dtype, no_autocast
 
 
 def _shape(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
-
-
-def _float_dtype(*tensors: Tensor) -> torch.dtype:
-    out = torch.float32
-    for t in tensors:
-        if t.is_floating_point():
-            out = torch.promote_types(out, t.dtype)
-    return at_least_fp32(out)
 
 
 def _check_output_size(size, what: str) -> tuple[int, int]:
@@ -126,7 +118,7 @@ def roi_warp(features: Tensor, boxes: Tensor, batch_index: Tensor, output_size: 
                          f"not {spatial_scale!r}")
     s = int(sampling_ratio)
     B, C, H, W = features.shape
-    dtype = _float_dtype(features, boxes)
+    dtype = compute_dtype(features, boxes)
     device = features.device
     if R == 0:
         return features.new_zeros((0, C, oh, ow), dtype=dtype)
@@ -201,7 +193,7 @@ def mask_pool(roi_features: Tensor, masks: Tensor) -> Tensor:
     if not isinstance(masks, Tensor) or masks.dim() != 3 or masks.shape[0] != roi_features.shape[0]:
         raise ValueError(f"mask_pool: masks must be (R, m, m) probabilities, one per RoI, got {_shape(masks)} for "
                          f"roi_features {_shape(roi_features)}")
-    dtype = _float_dtype(roi_features, masks)
+    dtype = compute_dtype(roi_features, masks)
     h, w = roi_features.shape[-2:]
     with no_autocast(roi_features.device.type):
         m = masks.to(dtype)[:, None]                                              # (R, 1, mh, mw)
@@ -241,7 +233,7 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
         raise ValueError(f"paste_masks: size must be the image's (H, W) as two ints >= 0, not {size!r}")
     H, W = int(size[0]), int(size[1])
     R = masks.shape[0]
-    dtype = _float_dtype(masks)
+    dtype = compute_dtype(masks)
     device = masks.device
     out = torch.zeros((R, H, W), dtype=dtype, device=device)
     coords = boxes.detach().to("cpu", torch.float64).tolist()

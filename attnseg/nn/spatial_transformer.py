@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .amp import at_least_fp32, no_autocast
+from .amp import compute_dtype, no_autocast
 
 MODES = {"affine": 6, "attention": 3}
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -56,14 +56,6 @@ def _check_image_size(height, width, what: str, minimum: int = 1) -> None:
             raise ValueError(f"{what}: the image {name} must be an int >= {minimum}, not {v!r}"
                              + (" (align_corners=True maps pixel centres, which needs two pixels per axis)"
                                 if minimum > 1 else ""))
-
-
-def _float_dtype(*tensors: Tensor) -> torch.dtype:
-    dts = [t.dtype if t.is_floating_point() else torch.float32 for t in tensors]
-    out = dts[0]
-    for d in dts[1:]:
-        out = torch.promote_types(out, d)
-    return at_least_fp32(out)
 
 
 def identity_theta(batch: int, device=None, dtype=None) -> Tensor:
@@ -123,7 +115,7 @@ def box_theta(boxes: Tensor, height: int, width: int, align_corners: bool = Fals
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
         raise ValueError(f"box_theta takes boxes (B, 4) as pixel (x0, y0, x1, y1), got {shape}")
     _check_image_size(height, width, "box_theta", 2 if align_corners else 1)
-    b = boxes.to(_float_dtype(boxes))
+    b = boxes.to(compute_dtype(boxes))
     x0, y0, x1, y1 = b.unbind(-1)                                                 # 4 x (B,)
     if align_corners:
         sx, tx = (x1 - x0 - 1) / (width - 1), (x0 + x1 - 1) / (width - 1) - 1
@@ -159,7 +151,7 @@ def transform(x: Tensor, theta: Tensor, size: tuple[int, int], align_corners: bo
     h, w = _check_out_size(size, "transform")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"unknown padding_mode {padding_mode!r}; choose from {', '.join(PADDING_MODES)}")
-    dtype = _float_dtype(x, theta)
+    dtype = compute_dtype(x, theta)
     with no_autocast(x.device.type):
         B, C = x.shape[:2]
         grid = F.affine_grid(theta.to(dtype), [B, C, h, w], align_corners=align_corners)      # (B, h, w, 2) Eq. 1
@@ -182,7 +174,7 @@ def sampling_grid(theta: Tensor, size: tuple[int, int], height: int, width: int,
     _check_theta(theta, "sampling_grid")
     h, w = _check_out_size(size, "sampling_grid")
     _check_image_size(height, width, "sampling_grid")
-    dtype = _float_dtype(theta)
+    dtype = compute_dtype(theta)
     with no_autocast(theta.device.type):
         g = F.affine_grid(theta.to(dtype), [theta.shape[0], 1, h, w], align_corners=align_corners)  # (B, h, w, 2)
         if align_corners:   # −1 .. 1 = pixel centres 0 .. W−1, edge coordinates = index + 0.5
