@@ -168,8 +168,6 @@ class InstancePredictor(CheckpointInfo):
                              f"max_side >= tile; got {c}")
         if post:
             (self.model.post if backend == "onnx" else self.model).set_post(**post)
-        if hasattr(self.model, "class_names") and backend != "onnx":   # proposal models label their pictures
-            self.model.class_names = tuple(self.class_names)
         self.lock = threading.Lock()
 
     @property
@@ -229,7 +227,8 @@ class InstancePredictor(CheckpointInfo):
                 maps = res["maps"]
                 result.attention = InstanceAttention(self.model.attention_maps(maps), image, res["ids"],
                                                      self.model.sequence(maps),
-                                                     self.model.region_pictures(image, maps, res["ids"]))
+                                                     self.model.region_pictures(image, maps, res["ids"],
+                                                                                self.class_names))
         result.timing_ms = {**res["timing_ms"], "inference": res["timing_ms"]["forward"] + res["timing_ms"]["group"],
                             "total": 1000 * (time.perf_counter() - t0)}
         return result
@@ -279,5 +278,5 @@ class OnnxInstanceModel:
     def instance_classes(self, maps, ids):
         return self.post.instance_classes(maps, ids)
 
-    def region_pictures(self, image, maps, ids):
-        return self.post.region_pictures(image, maps, ids)
+    def region_pictures(self, image, maps, ids, class_names=()):
+        return self.post.region_pictures(image, maps, ids, class_names)

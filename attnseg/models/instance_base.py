@@ -105,8 +105,10 @@ class InstanceModel(nn.Module):
         """{id: class 1..K} of the instances ``group(maps)`` returned as ``ids``; {} = every instance class 1."""
         return {}
 
-    def region_pictures(self, image: np.ndarray, maps: dict[str, np.ndarray], ids: np.ndarray) -> list:
-        """Pictures of the regions a proposal model considered (``viz.pictures.Picture``); none by default."""
+    def region_pictures(self, image: np.ndarray, maps: dict[str, np.ndarray], ids: np.ndarray,
+                        class_names=()) -> list:
+        """Pictures of the regions a proposal model considered (``viz.pictures.Picture``), labelled with
+        ``class_names`` (class k is ``class_names[k - 1]``); none by default."""
         return []
 
     def set_training_step(self, step: int) -> None:

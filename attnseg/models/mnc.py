@@ -278,10 +278,8 @@ class MultiTaskNetworkCascade(InstanceModel):
         """The RPN's objectness (the best anchor per feature cell)."""
         return {"objectness": maps["objectness"]}
 
-    #: the class names the pictures print (set by the API from the checkpoint; "class k" otherwise)
-    class_names: tuple = ()
-
-    def region_pictures(self, image: np.ndarray, maps: dict[str, np.ndarray], ids: np.ndarray) -> list:
+    def region_pictures(self, image: np.ndarray, maps: dict[str, np.ndarray], ids: np.ndarray,
+                        class_names=()) -> list:
         """Stage 1's 50 best proposals, and the kept instances with their boxes, classes and scores."""
         from ..viz.pictures import Picture
         from ..viz.proposals import detection_picture, proposal_picture
@@ -289,7 +287,7 @@ class MultiTaskNetworkCascade(InstanceModel):
         present = set(np.unique(ids).tolist())
         ranks = [r for r in range(len(kept)) if r + 1 in present]
         k = kept[ranks] if ranks else kept[:0]
-        names = [self.class_names[c - 1] if len(self.class_names) >= c else f"class {c}" for c in maps["labels"][k]]
+        names = [class_names[c - 1] if len(class_names) >= c else f"class {c}" for c in maps["labels"][k]]
         H, W = (int(v) for v in maps["image_size"])                   # the network's input; the image may differ
         to_image = np.array([image.shape[1] / W, image.shape[0] / H] * 2)
         n_prop = int((maps["proposal_scores"] > 0).sum())

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.boxes import box_iou, encode_boxes
+from ..nn.instance_matching import mask_boxes
 from ..nn.resnet import ResNet
 
 NORMS = ("group", "batch")
@@ -140,15 +141,8 @@ def instance_targets(ids: Tensor, classes: Tensor | None) -> tuple[Tensor, Tenso
     if len(keys) == 0:
         return (ids.new_zeros((0, 4), dtype=torch.float32), ids.new_zeros(0, dtype=torch.int64),
                 masks.float())
-    rows, cols = masks.any(2), masks.any(1)                                          # (N, H), (N, W)
-    ar_y = torch.arange(ids.shape[0], device=ids.device)
-    ar_x = torch.arange(ids.shape[1], device=ids.device)
-    big = ids.shape[0] + ids.shape[1] + 1
-    y0 = torch.where(rows, ar_y, big).amin(1)
-    y1 = torch.where(rows, ar_y, -1).amax(1) + 1
-    x0 = torch.where(cols, ar_x, big).amin(1)
-    x1 = torch.where(cols, ar_x, -1).amax(1) + 1
-    boxes = torch.stack([x0, y0, x1, y1], 1).float()
+    tight = mask_boxes(masks[None].float(), torch.tensor([len(keys)]), pad_ratio=0.0, pad_min=0.0)[0]  # (N, 4) yxyx
+    boxes = tight[:, [1, 0, 3, 2]]                                                   # -> (x0, y0, x1, y1)
     if classes is None:
         labels = torch.ones(len(keys), dtype=torch.int64, device=ids.device)
     else:   # the class of an instance is the class map at any of its pixels (they agree)
